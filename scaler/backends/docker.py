@@ -1,0 +1,350 @@
+"""Workers as Docker containers, through the Docker Engine API (aiodocker).
+
+Each worker is one container of the template's image running `python -m worker <handler>`
+(or the spec's command, or the image's own CMD), with podq's labels on it. `list()` finds
+containers by label, stopped ones included, so a restarted scaler adopts what exists. GPUs are
+given as an NVIDIA device request by NVML uuid, the Engine API's form of `docker run --gpus`.
+
+Every error the engine returns becomes a `BackendError` in one place, `_engine_errors`, with a
+message that names the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import aiodocker
+import aiohttp
+import msgspec
+
+from scaler.backends.base import (
+    LABEL_ENDPOINT,
+    LABEL_MANAGED,
+    LABEL_VERSION,
+    LABEL_WORKER,
+    BackendError,
+    WorkerHandle,
+    WorkerSpec,
+)
+from serverless.store import now_ms
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DEFAULT_NETWORK_MODE = "host"
+DEFAULT_RESTART_RETRIES = 3
+DEFAULT_PYTHON = "python"
+DEFAULT_IMAGE = "podq-worker:latest"  # what docker/Dockerfile.worker builds
+# Labels only this backend reads: GPUs and start time survive a scaler restart through them.
+LABEL_GPUS = "podq.gpus"
+LABEL_STARTED = "podq.started_at"
+LABEL_SCOPE = "podq.scope"
+# Container states (Engine API `State`) in which the worker process exists or is coming back.
+_ALIVE_STATES = frozenset({"running", "restarting"})
+
+
+class DockerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How the docker backend creates containers.
+
+    Attributes:
+        host: Engine address (`unix://...`, `tcp://host:2375`); None: $DOCKER_HOST, else
+            the local socket.
+        image: the image of workers whose template names none.
+        network_mode: `HostConfig.NetworkMode`: "host", "bridge" or a network's name; the
+            workers must reach Redis from it.
+        restart_retries: `on-failure` restart policy's MaximumRetryCount.
+        binds: extra bind mounts, `HostConfig.Binds` strings ("/src:/dst:ro").
+        python: the interpreter of the default command `python -m worker <handler>`.
+        scope: when set, containers are labelled with it and `list()` sees only those, so
+            several podq installations can share one engine.
+    """
+
+    host: str | None = None
+    image: str = DEFAULT_IMAGE
+    network_mode: str = DEFAULT_NETWORK_MODE
+    restart_retries: int = DEFAULT_RESTART_RETRIES
+    binds: list[str] = []
+    python: str = DEFAULT_PYTHON
+    scope: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DockerOptions:
+        """Options from PODQ_DOCKER_* variables (DOCKER_HOST too); unset ones keep defaults.
+
+        Args:
+            environ: the environment to read; os.environ when None.
+
+        Returns:
+            The options.
+        """
+        env = os.environ if environ is None else environ
+        retries = env.get("PODQ_DOCKER_RESTART_RETRIES", str(DEFAULT_RESTART_RETRIES))
+        if not retries.isdigit():
+            raise BackendError(f"PODQ_DOCKER_RESTART_RETRIES has value {retries!r}: not a whole number")
+        binds = env.get("PODQ_DOCKER_BINDS", "")
+        return cls(
+            host=env.get("PODQ_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
+            image=env.get("PODQ_DOCKER_IMAGE") or DEFAULT_IMAGE,
+            network_mode=env.get("PODQ_DOCKER_NETWORK") or DEFAULT_NETWORK_MODE,
+            restart_retries=int(retries),
+            binds=[b for b in binds.split(",") if b],
+            python=env.get("PODQ_DOCKER_PYTHON") or DEFAULT_PYTHON,
+            scope=env.get("PODQ_DOCKER_SCOPE") or None,
+        )
+
+
+def engine_url(host: str | None) -> str:
+    """The engine address to use: `host`, else $DOCKER_HOST, else the local socket."""
+    return host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def container_name(spec: WorkerSpec) -> str:
+    """`podq-<endpoint>-<worker>`, with characters Docker refuses in names replaced by `-`."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"podq-{spec.endpoint_id}-{spec.worker_id}")
+
+
+def worker_command(spec: WorkerSpec, python: str) -> list[str]:
+    """The argv the container runs; empty means the image's own CMD."""
+    if spec.command:
+        return list(spec.command)
+    return [python, "-m", "worker", spec.handler] if spec.handler else []
+
+
+def worker_env(spec: WorkerSpec) -> dict[str, str]:
+    """The spec's env plus what the worker runtime reads to find its endpoint and Redis."""
+    env = {**spec.env, "PODQ_REDIS_URL": spec.redis_url, "PODQ_ENDPOINT_ID": spec.endpoint_id,
+           "PODQ_WORKER_ID": spec.worker_id, "PODQ_WORKER_VERSION": str(spec.version)}
+    if spec.gpu_uuids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
+    return env
+
+
+def worker_labels(spec: WorkerSpec, scope: str | None, started_at: int) -> dict[str, str]:
+    """The labels `list()` reads back: who the worker is, its GPUs and when it started."""
+    labels = {**spec.labels, LABEL_MANAGED: "1", LABEL_ENDPOINT: spec.endpoint_id,
+              LABEL_WORKER: spec.worker_id, LABEL_VERSION: str(spec.version),
+              LABEL_GPUS: ",".join(spec.gpu_uuids), LABEL_STARTED: str(started_at)}
+    if scope:
+        labels[LABEL_SCOPE] = scope
+    return labels
+
+
+def device_requests(gpu_uuids: list[str]) -> list[dict[str, Any]]:
+    """`docker run --gpus device=<uuids>` as the Engine API spells it; [] without GPUs."""
+    if not gpu_uuids:
+        return []
+    return [{"Driver": "nvidia", "DeviceIDs": list(gpu_uuids), "Capabilities": [["gpu"]]}]
+
+
+def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) -> dict[str, Any]:
+    """The body of `POST /containers/create` for one worker (pure).
+
+    Args:
+        spec: the worker to start.
+        options: the backend's options.
+        started_at: ms since the epoch, kept in a label.
+
+    Returns:
+        The create config.
+    """
+    host_config: dict[str, Any] = {
+        "NetworkMode": options.network_mode,
+        "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": options.restart_retries},
+        "Binds": list(options.binds),
+    }
+    if spec.gpu_uuids:
+        host_config["DeviceRequests"] = device_requests(spec.gpu_uuids)
+    config: dict[str, Any] = {
+        "Image": spec.image or options.image,
+        "Env": [f"{k}={v}" for k, v in worker_env(spec).items()],
+        "Labels": worker_labels(spec, options.scope, started_at),
+        "StopSignal": "SIGTERM",
+        "HostConfig": host_config,
+    }
+    command = worker_command(spec, options.python)
+    if command:
+        config["Cmd"] = command
+    return config
+
+
+def handle_of(summary: Mapping[str, Any]) -> WorkerHandle:
+    """A WorkerHandle from one entry of `GET /containers/json` (pure)."""
+    labels = summary.get("Labels") or {}
+    return WorkerHandle(
+        worker_id=labels.get(LABEL_WORKER, ""),
+        endpoint_id=labels.get(LABEL_ENDPOINT, ""),
+        version=int(labels.get(LABEL_VERSION) or 0),
+        ref=summary["Id"],
+        running=summary.get("State") in _ALIVE_STATES,
+        gpu_uuids=[g for g in labels.get(LABEL_GPUS, "").split(",") if g],
+        started_at=int(labels.get(LABEL_STARTED) or int(summary.get("Created", 0)) * 1000),
+    )
+
+
+def explain(error: aiodocker.DockerError, doing: str, host: str, image: str | None) -> str:
+    """What went wrong talking to the engine, and the fix, as one message (pure)."""
+    message = str(error.message).strip()
+    if error.status == 900:  # aiodocker's code for "could not connect"
+        return f"Docker engine not reachable at {host}: start dockerd or set DOCKER_HOST ({message})"
+    if error.status == 404 and image and "image" in message.lower():
+        return (f"image {image!r} not found locally: build it "
+                f"(docker build -t {image} -f docker/Dockerfile.worker .) or pull it (docker pull {image})")
+    if "could not select device driver" in message:
+        return (f"{doing}: the Docker host cannot give GPUs to containers ({message}): install the "
+                "NVIDIA Container Toolkit on it and restart dockerd")
+    if error.status == 409:
+        return f"{doing}: {message}: remove the old container (docker rm -f <name>) or use a new worker id"
+    return f"{doing}: Docker engine at {host} answered {error.status}: {message}"
+
+
+@contextmanager
+def _engine_errors(doing: str, host: str, image: str | None = None) -> Iterator[None]:
+    """The one place engine errors become BackendError."""
+    try:
+        yield
+    except aiodocker.DockerError as e:
+        raise BackendError(explain(e, doing, host, image)) from e
+    except (aiohttp.ClientError, OSError) as e:
+        raise BackendError(f"{doing}: Docker engine at {host} failed: {e!r}") from e
+
+
+class DockerBackend:
+    """Workers as containers on one Docker engine.
+
+    Args:
+        options: how containers are made; by default read from PODQ_DOCKER_* and DOCKER_HOST.
+    """
+
+    name = "docker"
+
+    def __init__(self, options: DockerOptions | None = None) -> None:
+        self.options = options or DockerOptions.from_env()
+        self.host = engine_url(self.options.host)
+        self._docker: aiodocker.Docker | None = None
+
+    def constructor_args(self) -> dict[str, Any]:
+        """Keyword arguments that build an equal backend (`type(b)(**b.constructor_args())`)."""
+        return {"options": self.options}
+
+    def _client(self) -> aiodocker.Docker:
+        # created on first use: aiodocker opens an aiohttp session, which wants a running loop
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(url=self.host)
+            except ValueError as e:
+                raise BackendError(f"Docker host {self.host!r} is not an engine address: use "
+                                   "unix:///path/to/docker.sock or tcp://host:2375") from e
+        return self._docker
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Create and start the worker's container; on a failed start nothing is left behind.
+
+        Args:
+            spec: the worker.
+
+        Returns:
+            Its handle; `ref` is the container id.
+        """
+        handle = await self.create(spec)
+        image = spec.image or self.options.image
+        try:
+            with _engine_errors(f"starting worker {spec.worker_id}", self.host, image):
+                await self._client().containers.container(handle.ref).start()
+        except BackendError:
+            await self._remove(handle.ref)
+            raise
+        return msgspec.structs.replace(handle, running=True)
+
+    async def create(self, spec: WorkerSpec) -> WorkerHandle:
+        """Create the worker's container without starting it (`start()` is create + start).
+
+        Args:
+            spec: the worker.
+
+        Returns:
+            Its handle, with running=False.
+        """
+        image = spec.image or self.options.image
+        if not image:
+            raise BackendError(f"worker {spec.worker_id}: no image: set the template's image_name "
+                               "or PODQ_DOCKER_IMAGE to a worker image (see docs/docker.md)")
+        started_at = now_ms()
+        config = container_config(spec, self.options, started_at)
+        with _engine_errors(f"creating worker {spec.worker_id}", self.host, image):
+            container = await self._client().containers.create(config, name=container_name(spec))
+        return WorkerHandle(worker_id=spec.worker_id, endpoint_id=spec.endpoint_id,
+                            version=spec.version, ref=container.id, running=False,
+                            gpu_uuids=list(spec.gpu_uuids), started_at=started_at)
+
+    async def stop(self, handle: WorkerHandle, grace_s: float) -> None:
+        """SIGTERM (the worker drains), SIGKILL after `grace_s`, then remove the container.
+
+        Args:
+            handle: the worker; one already gone is not an error.
+            grace_s: seconds between SIGTERM and SIGKILL (rounded up: the API takes whole seconds).
+        """
+        container = self._client().containers.container(handle.ref)
+        with _engine_errors(f"stopping worker {handle.worker_id}", self.host):
+            try:
+                await container.stop(t=max(0, math.ceil(grace_s)))
+            except aiodocker.DockerError as e:
+                if e.status != 404:
+                    raise
+        await self._remove(handle.ref)
+
+    async def _remove(self, ref: str) -> None:
+        container = self._client().containers.container(ref)
+        with _engine_errors(f"removing container {ref[:12]}", self.host):
+            try:
+                await container.delete(force=True)
+            except aiodocker.DockerError as e:
+                if e.status not in (404, 409):  # gone, or its removal is already in progress
+                    raise
+
+    async def list(self) -> list[WorkerHandle]:
+        """Every podq container on the engine (in this scope), stopped ones with running=False."""
+        return [handle_of(summary) for summary in await self._summaries({})]
+
+    async def logs(self, endpoint_id: str, tail: int = 100) -> list[tuple[str, str]]:
+        """The last `tail` log lines of each of the endpoint's containers, oldest first.
+
+        Args:
+            endpoint_id: the endpoint.
+            tail: lines per container.
+
+        Returns:
+            (worker_id, line) pairs; each line starts with the engine's RFC 3339 timestamp.
+        """
+        lines: list[tuple[str, str]] = []
+        for summary in await self._summaries({LABEL_ENDPOINT: endpoint_id}):
+            worker = summary["Labels"].get(LABEL_WORKER, "")
+            container = self._client().containers.container(summary["Id"])
+            with _engine_errors(f"reading logs of worker {worker}", self.host):
+                chunks = await container.log(stdout=True, stderr=True, tail=tail, timestamps=True)
+            lines += [(worker, line) for line in "".join(chunks).splitlines() if line]
+        return sorted(lines, key=lambda pair: _log_time(pair[1]))
+
+    async def _summaries(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        wanted = {LABEL_MANAGED: "1", **labels}
+        if self.options.scope:
+            wanted[LABEL_SCOPE] = self.options.scope
+        filters = {"label": [f"{k}={v}" for k, v in wanted.items()]}
+        with _engine_errors("listing workers", self.host):
+            containers = await self._client().containers.list(all=True, filters=filters)
+        return [{key: c[key] for key in ("Id", "Labels", "State", "Created") if key in c}
+                for c in containers]
+
+    async def close(self) -> None:
+        """Close the connection to the engine; containers keep running."""
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+
+def _log_time(line: str) -> str:
+    # RFC 3339 as Docker writes it drops trailing zeros ("...09.94Z"); pad so strings sort as times
+    whole, _, fraction = line.split(" ", 1)[0].rstrip("Z").partition(".")
+    return f"{whole}.{fraction:0<9}"

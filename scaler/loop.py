@@ -1,0 +1,215 @@
+"""The scaler's control loop: every tick, observe, decide, act (the Kubernetes controller model).
+
+observe: the registry's endpoints, each endpoint's queue statistics and worker heartbeats from
+         Redis, and the workers every backend lists;
+decide:  policy.desired_workers (how many) and reconcile.reconcile (which to start and stop);
+act:     backend.start / backend.stop, and the endpoint's status in the registry.
+Nothing is remembered between ticks except actions in flight (stops still draining) and the
+crash-loop backoff; a restarted scaler rebuilds everything from the listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import uuid
+from collections.abc import Callable
+
+from scaler import gpus
+from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec
+from scaler.leader import Leader
+from scaler.policy import Observed, desired_workers
+from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
+from serverless import nvml
+from serverless.model import EndpointConfig, EndpointStatus, GpuInfo, WorkerState
+from serverless.registry import Registry
+from serverless.settings import Settings
+from serverless.store import JobStore, now_ms
+
+log = logging.getLogger("podq.scaler")
+
+MAX_BACKOFF_MS = 60_000
+QUICK_DEATH_MS = 30_000  # a worker that dies younger than this counts toward a crash loop
+
+
+class Backoff:
+    """Crash-loop protection per endpoint: each quick death doubles the wait before a start."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+        self.not_before: dict[str, int] = {}
+
+    def failed(self, endpoint_id: str, now: int) -> None:
+        n = self.failures.get(endpoint_id, 0) + 1
+        self.failures[endpoint_id] = n
+        self.not_before[endpoint_id] = now + min(MAX_BACKOFF_MS, 500 * 2 ** (n - 1))
+
+    def healthy(self, endpoint_id: str) -> None:
+        self.failures.pop(endpoint_id, None)
+        self.not_before.pop(endpoint_id, None)
+
+    def wait_ms(self, endpoint_id: str, now: int) -> int:
+        return max(0, self.not_before.get(endpoint_id, 0) - now)
+
+
+class Scaler:
+    def __init__(
+        self, registry: Registry, store: JobStore, backends: dict[str, Backend], settings: Settings,
+        *, ident: str | None = None, tick_s: float = 1.0, timing: Timing | None = None,
+        inventory: Callable[[], list[GpuInfo]] = nvml.gpus,
+    ) -> None:
+        self.registry, self.store, self.backends, self.settings = registry, store, backends, settings
+        self.ident = ident or f"scaler-{uuid.uuid4().hex[:8]}"
+        self.tick_s = tick_s
+        self.timing = timing or Timing(stale_after_ms=store.stale_after_ms)
+        self.inventory = inventory
+        self.leader = Leader(store.redis, self.ident)
+        self.backoff = Backoff()
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        # workers started by this scaler that have not sent a heartbeat yet: one that vanishes
+        # from the listing before that (a process that exited at start-up) is a quick death
+        self._booting: dict[str, tuple[str, int]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop` is set; then hand the leader lease back."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:  # a tick must never kill the loop; the next one re-observes
+                log.exception("scaler tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.tick_s)
+            except asyncio.TimeoutError:
+                pass
+        await self.leader.release()
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+
+    async def tick(self) -> None:
+        if not await self.leader.hold():
+            return
+        now = now_ms()
+        endpoints = await self.registry.endpoints()
+        zero = await self.registry.scale_to_zero_requested()
+        listed = await self._list_all()
+        self._count_vanished(listed, now)
+        backend_of = {e.id: e.backend for e in endpoints}
+        for endpoint in endpoints:
+            handles = [h for h in listed.get(endpoint.backend, []) if h.endpoint_id == endpoint.id]
+            await self._tick_endpoint(endpoint, handles, endpoint.id in zero, now)
+        for name, handles in listed.items():  # workers of deleted endpoints, or left behind
+            for h in handles:                 # on a backend their endpoint moved away from
+                if backend_of.get(h.endpoint_id) != name:
+                    why = "its endpoint was deleted" if h.endpoint_id not in backend_of else "its endpoint moved to another backend"
+                    self._stop(self.backends[name], h, why)
+
+    def _count_vanished(self, listed: dict[str, list[WorkerHandle]], now: int) -> None:
+        present = {h.worker_id for handles in listed.values() for h in handles}
+        for worker_id, (endpoint_id, started_at) in list(self._booting.items()):
+            if worker_id not in present and worker_id not in self._stopping:
+                del self._booting[worker_id]
+                if now - started_at < QUICK_DEATH_MS:
+                    log.warning("worker %s of %s exited during start-up", worker_id, endpoint_id)
+                    self.backoff.failed(endpoint_id, now)
+
+    async def _list_all(self) -> dict[str, list[WorkerHandle]]:
+        listed = {}
+        for name, backend in self.backends.items():
+            try:
+                found = await backend.list()
+            except BackendError as e:
+                log.warning("backend %s could not list workers: %s", name, e)
+                continue
+            listed[name] = [h for h in found if h.worker_id not in self._stopping]
+        return listed
+
+    async def _tick_endpoint(self, endpoint: EndpointConfig, handles: list[WorkerHandle],
+                             zero_requested: bool, now: int) -> None:
+        backend = self.backends.get(endpoint.backend)
+        if backend is None:
+            await self.registry.set_status(endpoint.id, EndpointStatus.FAILED,
+                                           f"backend {endpoint.backend!r} is not enabled in this scaler; "
+                                           f"use one of {', '.join(sorted(self.backends))}")
+            return
+        queue = await self.store.queue_stats(endpoint.id, now)
+        if zero_requested and (queue.in_queue or queue.in_progress):
+            await self.registry.clear_scale_to_zero(endpoint.id)  # a job woke it up
+            zero_requested = False
+        beats = {b.id: b for b in await self.store.workers(endpoint.id)}
+        ready = {b.id for b in beats.values() if b.state is not WorkerState.INITIALIZING}
+        for worker_id in ready:
+            self._booting.pop(worker_id, None)
+        starting = sum(1 for h in handles if h.worker_id not in ready)
+        observed = Observed(queue=queue, workers=len(handles), starting=starting,
+                            zero_requested=zero_requested)
+        desired = desired_workers(observed, endpoint)
+        pairs = [(h, beats.get(h.worker_id)) for h in handles]
+        plan = reconcile(endpoint, desired, pairs, now, self.timing,
+                         force_zero=endpoint.paused or (zero_requested and desired == 0))
+        reason = await self._act(endpoint, backend, plan, handles, now)
+        status = EndpointStatus.FAILED if reason and plan.status is not EndpointStatus.RUNNING else plan.status
+        await self.registry.set_status(endpoint.id, status, reason)
+
+    async def _act(self, endpoint: EndpointConfig, backend: Backend, plan: Plan,
+                   handles: list[WorkerHandle], now: int) -> str:
+        """Carry out the plan; returns why starting failed ('' when it did not)."""
+        if plan.status is EndpointStatus.RUNNING:
+            self.backoff.healthy(endpoint.id)
+        problem = ""
+        for action in plan.actions:
+            match action:
+                case Stop(handle=handle, reason=why):
+                    if why.startswith("worker is") and now - handle.started_at < QUICK_DEATH_MS:
+                        self.backoff.failed(endpoint.id, now)
+                    self._stop(backend, handle, why)
+                case Start(count=count):
+                    problem = await self._start(endpoint, backend, count, handles, now) or problem
+        return problem
+
+    async def _start(self, endpoint: EndpointConfig, backend: Backend, count: int,
+                     handles: list[WorkerHandle], now: int) -> str:
+        wait = self.backoff.wait_ms(endpoint.id, now)
+        if wait:
+            return f"workers keep failing right after start; next try in {wait / 1000:.1f} s (see `podq logs {endpoint.id}`)"
+        template = await self.registry.get_template(endpoint.template_id)
+        if template is None:
+            return f"template {endpoint.template_id!r} no longer exists; point the endpoint at another"
+        in_use = [u for h in handles for u in h.gpu_uuids]
+        for _ in range(count):
+            try:
+                spec = self._spec(endpoint, template, gpus.assign(endpoint, self.inventory(), in_use))
+                handle = await backend.start(spec)
+            except (gpus.NoGpu, BackendError) as e:
+                return str(e)
+            in_use += handle.gpu_uuids
+            self._booting[handle.worker_id] = (endpoint.id, now)
+            log.info("started worker %s for %s (version %d)", handle.worker_id, endpoint.id, endpoint.version)
+        return ""
+
+    def _spec(self, endpoint: EndpointConfig, template, gpu_uuids: list[str]) -> WorkerSpec:  # noqa: ANN001
+        return WorkerSpec(
+            endpoint_id=endpoint.id, worker_id=f"{endpoint.id}-{uuid.uuid4().hex[:8]}",
+            version=endpoint.version, redis_url=self.settings.redis_url, image=template.image_name,
+            command=shlex.split(template.docker_start_cmd) if template.docker_start_cmd else [],
+            handler=template.handler, gpu_uuids=gpu_uuids,
+            env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
+            labels=dict(endpoint.labels),
+        )
+
+    def _stop(self, backend: Backend, handle: WorkerHandle, reason: str) -> None:
+        if handle.worker_id in self._stopping:
+            return
+        log.info("stopping worker %s of %s: %s", handle.worker_id, handle.endpoint_id, reason)
+        task = asyncio.create_task(self._stop_and_forget(backend, handle))
+        self._stopping[handle.worker_id] = task
+
+    async def _stop_and_forget(self, backend: Backend, handle: WorkerHandle) -> None:
+        try:
+            await backend.stop(handle, self.settings.grace_period_s)
+            await self.store.remove_worker(handle.endpoint_id, handle.worker_id)
+        except BackendError as e:
+            log.warning("could not stop worker %s: %s", handle.worker_id, e)
+        finally:
+            self._stopping.pop(handle.worker_id, None)

@@ -1,0 +1,116 @@
+"""Desired vs listed workers -> Start | Stop actions (pure), the heart of the control loop.
+
+A worker's health comes from two sources: the backend's listing (does it exist, does it run)
+and its heartbeat in Redis (is it ready, idle or running, since when). Rules:
+- a worker the backend reports as not running, or whose heartbeat went silent, or that never
+  became ready within `ready_timeout_ms`, is stopped (and replaced if still wanted);
+- healthy workers of the endpoint's current version count toward the target; missing ones are
+  started (never beyond workers_max);
+- workers of an older version are stopped once enough current ones are ready (rolling update:
+  a stopped worker drains its in-flight jobs first, so none is dropped);
+- above the target, only workers idle for idle_timeout are stopped, longest idle first;
+  when the target is 0 because the endpoint is paused or scaled to zero, all are stopped.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from scaler.backends.base import WorkerHandle
+from serverless.model import EndpointConfig, EndpointStatus, WorkerBeat, WorkerState
+
+
+class Health(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    RUNNING = "running"
+    DEAD = "dead"
+    UNHEALTHY = "unhealthy"
+
+
+class Timing(msgspec.Struct, frozen=True, kw_only=True):
+    stale_after_ms: int = 6_000  # heartbeat silence that makes a worker unhealthy
+    ready_timeout_ms: int = 120_000  # time a new worker gets to send its first heartbeat
+
+
+class Start(msgspec.Struct, tag=True):
+    count: int
+
+
+class Stop(msgspec.Struct, tag=True):
+    handle: WorkerHandle
+    reason: str
+
+
+Action = Start | Stop
+
+
+class Plan(msgspec.Struct):
+    actions: list[Action]
+    status: EndpointStatus
+
+
+def health(handle: WorkerHandle, beat: WorkerBeat | None, now: int, timing: Timing) -> Health:
+    if not handle.running:
+        return Health.DEAD
+    if beat is None or beat.state is WorkerState.INITIALIZING:
+        # loading its model: only the ready timeout applies, not heartbeat silence
+        waited = now - handle.started_at
+        return Health.UNHEALTHY if waited > timing.ready_timeout_ms else Health.STARTING
+    if now - beat.seen_at > timing.stale_after_ms:
+        return Health.UNHEALTHY
+    if beat.state is WorkerState.RUNNING:
+        return Health.RUNNING
+    return Health.IDLE if beat.state is WorkerState.IDLE else Health.STARTING
+
+
+def reconcile(
+    endpoint: EndpointConfig,
+    desired: int,
+    workers: list[tuple[WorkerHandle, WorkerBeat | None]],
+    now: int,
+    timing: Timing,
+    force_zero: bool = False,
+) -> Plan:
+    """The actions that move `workers` toward `desired`, and the endpoint's status."""
+    states = [(h, b, health(h, b, now, timing)) for h, b in workers]
+    actions: list[Action] = [
+        Stop(h, f"worker is {s.value}") for h, _, s in states if s in (Health.DEAD, Health.UNHEALTHY)
+    ]
+    alive = [(h, b, s) for h, b, s in states if s not in (Health.DEAD, Health.UNHEALTHY)]
+    current = [x for x in alive if x[0].version == endpoint.version]
+    old = [x for x in alive if x[0].version != endpoint.version]
+    if force_zero:
+        actions += [Stop(h, "endpoint paused or scaled to zero") for h, _, _ in alive]
+        return Plan(actions, _status(endpoint, [], 0))
+    missing = max(0, min(desired, endpoint.workers_max) - len(current))
+    if missing:
+        actions.append(Start(missing))
+    ready = [x for x in current if x[2] in (Health.IDLE, Health.RUNNING)]
+    if len(ready) >= desired:
+        actions += [Stop(h, f"rolled to version {endpoint.version}") for h, _, _ in old]
+    actions += _idle_stops(endpoint, current, desired, now)
+    return Plan(actions, _status(endpoint, alive, desired))
+
+
+def _idle_stops(endpoint: EndpointConfig, current: list, desired: int, now: int) -> list[Action]:
+    surplus = len(current) - desired
+    if surplus <= 0:
+        return []
+    limit = endpoint.idle_timeout * 1000
+    idle = [(b.idle_since, h) for h, b, s in current
+            if s is Health.IDLE and b is not None and b.idle_since and now - b.idle_since >= limit]
+    idle.sort(key=lambda x: x[0])
+    return [Stop(h, f"idle for {endpoint.idle_timeout} s above the target") for _, h in idle[:surplus]]
+
+
+def _status(endpoint: EndpointConfig, alive: list, desired: int) -> EndpointStatus:
+    if endpoint.paused:
+        return EndpointStatus.PAUSED
+    if any(s in (Health.IDLE, Health.RUNNING) for _, _, s in alive):
+        return EndpointStatus.RUNNING
+    if alive or desired > 0:
+        return EndpointStatus.INITIALIZING
+    return EndpointStatus.SCALED_TO_ZERO

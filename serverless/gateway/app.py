@@ -1,0 +1,196 @@
+"""create_app: the gateway's typed state, background tasks, middlewares and its one route table.
+
+The gateway is stateless: everything it knows is in Redis, so any number of replicas may run
+behind a load balancer. Two background tasks run in every replica: the reaper (requeues jobs
+whose worker stopped renewing its lease, so a crash is recovered even when no other worker of
+that endpoint runs) and the webhook dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from serverless.codec import json_encode
+from serverless.gateway import admin_routes as admin
+from serverless.gateway import key_routes, routes, state
+from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
+from serverless.gateway.error_responses import error_middleware
+from serverless.gateway.limits import Limits, RateLimiter, rate_limit_middleware
+from serverless.gateway.openapi import Param, Route, build_spec, openapi_json
+from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamReply
+from serverless.gateway.webhooks import WebhookDispatcher, WebhookPolicy
+from serverless.model import ApiKey, EndpointConfig, Health, RunRequest, StatusBody, Template
+from serverless.registry import Registry
+from serverless.settings import Settings
+from serverless.store import JobStore
+
+log = logging.getLogger("podq.gateway")
+
+V2 = "/v2/{endpoint_id}"
+TEMPLATE = "/v1/templates/{template_id}"
+ENDPOINT = "/v1/endpoints/{endpoint_id}"
+_GET_POST = ("GET", "POST")
+_WAIT = Param("wait", "query", "ms to wait for the result (default 90000, 1000..300000)", "integer")
+_SSE = (
+    Param("Accept", "header", "`text/event-stream` for a live Server-Sent Events stream"),
+    Param("Last-Event-ID", "header", "SSE: resume after this chunk cursor"),
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route("run", ("POST",), f"{V2}/run", routes.run, "Queue a job",
+          RunRequest, JobRef, (413,)),
+    Route("runsync", ("POST",), f"{V2}/runsync", routes.runsync,
+          "Queue a job and wait for its result", RunRequest, StatusBody, (413,), (_WAIT,)),
+    Route("status", _GET_POST, f"{V2}/status/{{job_id}}", routes.status,
+          "A job's status, output or error", reply=StatusBody),
+    Route("stream", _GET_POST, f"{V2}/stream/{{job_id}}", routes.stream,
+          "Stream chunks not yet returned (JSON), or live as SSE", reply=StreamReply, params=_SSE),
+    Route("cancel", ("POST",), f"{V2}/cancel/{{job_id}}", routes.cancel,
+          "Cancel a queued or running job", reply=JobRef),
+    Route("retry", ("POST",), f"{V2}/retry/{{job_id}}", routes.retry,
+          "Queue a FAILED or TIMED_OUT job again", reply=JobRef, errors=(409,)),
+    Route("purge-queue", ("POST",), f"{V2}/purge-queue", routes.purge_queue,
+          "Cancel every queued job of the endpoint", reply=PurgeReply),
+    Route("health", ("GET",), f"{V2}/health", routes.health,
+          "Job and worker counts", reply=Health),
+    Route("healthz", ("GET",), "/healthz", routes.healthz,
+          "The gateway is up", reply=Liveness, public=True),
+    Route("openapi", ("GET",), "/openapi.json", openapi_json,
+          "This document", public=True),
+)
+
+# the admin API: templates and endpoints in the registry; the admin key only (403 otherwise)
+ADMIN_ROUTES: tuple[Route, ...] = (
+    Route("create-template", ("POST",), "/v1/templates", admin.create_template,
+          "Create a template", admin.TemplateBody, Template, (409,), admin=True),
+    Route("list-templates", ("GET",), "/v1/templates", admin.list_templates,
+          "Every template", reply=list[Template], admin=True),
+    Route("get-template", ("GET",), TEMPLATE, admin.get_template,
+          "One template", reply=Template, admin=True),
+    Route("update-template", ("PATCH",), TEMPLATE, admin.update_template,
+          "Change a template; endpoints using it roll their workers",
+          admin.TemplatePatch, Template, admin=True),
+    Route("delete-template", ("DELETE",), TEMPLATE, admin.delete_template,
+          "Delete a template no endpoint uses", reply=admin.Deleted, errors=(409,), admin=True),
+    Route("create-endpoint", ("POST",), "/v1/endpoints", admin.create_endpoint,
+          "Create an endpoint", admin.EndpointBody, EndpointConfig, (409,), admin=True),
+    Route("list-endpoints", ("GET",), "/v1/endpoints", admin.list_endpoints,
+          "Every endpoint with its status", reply=list[EndpointConfig], admin=True),
+    Route("get-endpoint", ("GET",), ENDPOINT, admin.get_endpoint,
+          "One endpoint with its status", reply=EndpointConfig, admin=True),
+    Route("update-endpoint", ("PATCH",), ENDPOINT, admin.update_endpoint,
+          "Change an endpoint (a new template, GPUs or backend roll its workers)",
+          admin.EndpointPatch, EndpointConfig, admin=True),
+    Route("delete-endpoint", ("DELETE",), ENDPOINT, admin.delete_endpoint,
+          "Delete an endpoint; its workers are stopped", reply=admin.Deleted, admin=True),
+    Route("pause-endpoint", ("POST",), f"{ENDPOINT}/pause", admin.pause_endpoint,
+          "Pause: no workers, jobs stay queued", reply=EndpointConfig, admin=True),
+    Route("resume-endpoint", ("POST",), f"{ENDPOINT}/resume", admin.resume_endpoint,
+          "Resume a paused or scaled-to-zero endpoint", reply=EndpointConfig, admin=True),
+    Route("scale-to-zero", ("POST",), f"{ENDPOINT}/scale-to-zero", admin.scale_to_zero,
+          "Stop every worker now; the next job starts one", reply=EndpointConfig, admin=True),
+    Route("create-key", ("POST",), "/v1/keys", key_routes.create_key,
+          "Create an API key (shown once), optionally scoped to endpoints",
+          key_routes.KeyBody, key_routes.NewKey, admin=True),
+    Route("list-keys", ("GET",), "/v1/keys", key_routes.list_keys,
+          "Stored keys: digests, labels, scopes", reply=list[ApiKey], admin=True),
+    Route("revoke-key", ("DELETE",), "/v1/keys/{digest}", key_routes.revoke_key,
+          "Revoke a key by its digest", reply=key_routes.Revoked, admin=True),
+)
+ALL_ROUTES = ROUTES + ADMIN_ROUTES
+
+
+class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What a gateway process is configured with besides Settings.
+
+    `admin_key` None means: read PODQ_API_KEY. `api_keys` are extra plain keys accepted by this
+    process (keys stored in Redis through auth.add_key are accepted too).
+    """
+
+    admin_key: str | None = None
+    api_keys: tuple[str, ...] = ()
+    limits: Limits = msgspec.field(default_factory=Limits)
+    webhooks: WebhookPolicy = msgspec.field(default_factory=WebhookPolicy)
+    reap_interval_s: float = 1.0
+    sse_block_ms: int = 500
+
+
+async def reap_forever(store: JobStore, interval_s: float) -> None:
+    """Every `interval_s`, requeue (or fail) jobs of every endpoint whose lease ran out."""
+    while True:
+        try:
+            for endpoint in await store.endpoints():
+                requeued, failed = await store.reap(endpoint)
+                if requeued or failed:
+                    log.info("reaped %s: %d requeued, %d failed", endpoint, requeued, failed)
+        except (RedisError, OSError) as e:
+            log.warning("reaper could not reach Redis (%s); trying again", e)
+        await asyncio.sleep(interval_s)
+
+
+def _reaper(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(reap_forever(app[state.STORE], interval_s), name="podq-reaper")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    dispatcher = WebhookDispatcher(app[state.STORE], app[state.WEBHOOK_POLICY])
+    await dispatcher.start()
+    yield
+    await dispatcher.close()
+
+
+def _add_routes(app: web.Application, table: tuple[Route, ...]) -> None:
+    for route in table:
+        resource = app.router.add_resource(route.path, name=route.name)
+        for method in route.methods:
+            resource.add_route(method, route.handler)
+
+
+def create_app(
+    store: JobStore, settings: Settings, options: GatewayOptions | None = None
+) -> web.Application:
+    """Build the gateway application around a job store the caller owns (and closes).
+
+    Args:
+        store: the job store; the app does not close it.
+        settings: podq's settings.
+        options: keys, limits, webhook policy, intervals (defaults: RunPod's numbers).
+
+    Returns:
+        The aiohttp application, ready for an AppRunner or a test server.
+    """
+    options = options or GatewayOptions()
+    limits = options.limits if settings.rate_limits else msgspec.structs.replace(options.limits, rates={})
+    admin = options.admin_key if options.admin_key is not None else admin_key_from_env()
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
+        client_max_size=max(limits.run_max_bytes, limits.runsync_max_bytes) + 1,
+    )
+    app[state.STORE] = store
+    app[state.SETTINGS] = settings
+    app[state.KEYS] = KeyChecker(store.redis, admin, options.api_keys)
+    app[state.LIMITS] = limits
+    app[state.LIMITER] = RateLimiter(limits.rates)
+    app[state.WEBHOOK_POLICY] = (
+        msgspec.structs.replace(options.webhooks, allow_private=True)
+        if settings.webhook_allow_private else options.webhooks
+    )
+    app[state.SSE_BLOCK_MS] = options.sse_block_ms
+    app[state.REGISTRY] = Registry(store.redis)
+    app[state.ADMIN_ROUTES] = frozenset(r.name for r in ALL_ROUTES if r.admin)
+    app[state.OPENAPI] = json_encode(build_spec(ALL_ROUTES))
+    _add_routes(app, ALL_ROUTES)
+    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks])
+    return app

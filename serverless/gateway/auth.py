@@ -1,0 +1,170 @@
+"""API keys: where a request's key is read from, how keys are stored, how they are compared.
+
+A request carries its key as `Authorization: Bearer <key>` or as the bare key (RunPod's docs
+show both). Keys are never stored in plain text: Redis holds their sha256 digests (hash
+`keys.API_KEYS`), and keys given to the process (the admin key from PODQ_API_KEY, extra keys
+passed to create_app) are kept as digests too and compared with `hmac.compare_digest`, so the
+time a comparison takes says nothing about how much of a guess was right. Redis keys are found
+by digest, so a lookup's timing can only reveal the digest of a guess, never the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+import msgspec
+from redis.asyncio import Redis
+
+from serverless import keys
+from serverless.gateway import state
+from serverless.gateway.error_responses import error_response
+from serverless.model import ApiKey
+from serverless.store import now_ms
+
+ADMIN_KEY_ENV = "PODQ_API_KEY"
+# Routes anyone may call: liveness probes and the API description.
+PUBLIC_ROUTES = frozenset({"healthz", "openapi"})
+
+MISSING_KEY = (
+    "missing API key: send `Authorization: Bearer <key>` "
+    "(set PODQ_API_KEY or pass api_key= to the client)"
+)
+INVALID_KEY = "invalid API key: check PODQ_API_KEY or api_key=, or ask an admin for a valid key"
+NOT_ADMIN = (
+    "{route} needs the admin key (the gateway's PODQ_API_KEY); this key is valid for the "
+    "/v2 job routes only"
+)
+NO_ADMIN_KEY = (
+    "{route} is off: this gateway has no admin key; start it with PODQ_API_KEY set to enable "
+    "the /v1 admin API"
+)
+# https://www.rfc-editor.org/rfc/rfc9110#section-15.5.2: a 401 names the scheme to use
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="podq"'}
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest under which a key is stored and compared."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def presented_key(header: str | None) -> str | None:
+    """The key in an Authorization header value: `Bearer <key>` or the bare key."""
+    if not header:
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    key = rest.strip() if scheme.lower() == "bearer" else header.strip()
+    return key or None
+
+
+def admin_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The admin key from PODQ_API_KEY, or None when unset or empty."""
+    env = os.environ if environ is None else environ
+    return env.get(ADMIN_KEY_ENV) or None
+
+
+async def add_key(redis: Redis, key: str, label: str = "", endpoints: Iterable[str] = ()) -> str:
+    """Store an API key (as its digest) so every gateway replica accepts it.
+
+    Args:
+        redis: the shared Redis.
+        key: the plain key; it is hashed here and never stored.
+        label: a note for admins (who owns the key).
+        endpoints: the endpoints the key may reach; empty means every endpoint.
+
+    Returns:
+        The digest the key is stored under (use it to revoke the key).
+    """
+    record = ApiKey(digest=hash_key(key), label=label, endpoints=sorted(set(endpoints)), created_at=now_ms())
+    await redis.hset(keys.API_KEYS, record.digest, msgspec.json.encode(record))
+    return record.digest
+
+
+async def revoke_key(redis: Redis, digest: str) -> bool:
+    """Remove a stored key by its digest; False when no such key was stored."""
+    return bool(await redis.hdel(keys.API_KEYS, digest))
+
+
+async def list_keys(redis: Redis) -> list[ApiKey]:
+    """Every stored key (digests, labels and scopes; never the keys themselves)."""
+    stored = await redis.hgetall(keys.API_KEYS)
+    return sorted((_record(d.decode(), v) for d, v in stored.items()), key=lambda k: k.created_at)
+
+
+def _record(digest: str, raw: bytes) -> ApiKey:
+    try:
+        return _key_decoder.decode(raw)
+    except msgspec.DecodeError:  # a key stored as a bare label: unscoped
+        return ApiKey(digest=digest, label=raw.decode(errors="replace"))
+
+
+_key_decoder = msgspec.json.Decoder(ApiKey)
+# a scope: None = the key is not valid; an empty set = every endpoint
+ALL_ENDPOINTS: frozenset[str] = frozenset()
+
+
+class KeyChecker:
+    """Decides whether a presented key is valid: a local key or one stored in Redis."""
+
+    def __init__(self, redis: Redis, admin_key: str | None, extra_keys: Iterable[str] = ()) -> None:
+        local = [admin_key] if admin_key else []
+        self._local = [hash_key(k) for k in (*local, *extra_keys) if k]
+        self._admin = hash_key(admin_key) if admin_key else None
+        self._redis = redis
+
+    @property
+    def has_admin(self) -> bool:
+        """True when this gateway was given an admin key."""
+        return self._admin is not None
+
+    def is_admin(self, key: str) -> bool:
+        """True when `key` is the admin key (compared in constant time)."""
+        return self._admin is not None and hmac.compare_digest(hash_key(key), self._admin)
+
+    def _is_local(self, digest: str) -> bool:
+        # every digest is compared, so the loop's length does not depend on which one matched
+        matches = [hmac.compare_digest(digest, known) for known in self._local]
+        return any(matches)
+
+    async def scope(self, key: str) -> frozenset[str] | None:
+        """The endpoints `key` may reach (ALL_ENDPOINTS for all), or None when it is invalid."""
+        digest = hash_key(key)
+        if self._is_local(digest):
+            return ALL_ENDPOINTS
+        raw = await self._redis.hget(keys.API_KEYS, digest)
+        return None if raw is None else frozenset(_record(digest, raw).endpoints)
+
+
+def _admin_refusal(request: web.Request, checker: KeyChecker, key: str) -> web.Response | None:
+    """403 when the route needs the admin key and `key` (already valid) is not it."""
+    if request.match_info.route.name not in request.app[state.ADMIN_ROUTES]:
+        return None
+    if checker.is_admin(key):
+        return None
+    route = f"{request.method} {request.path}"
+    text = NOT_ADMIN if checker.has_admin else NO_ADMIN_KEY
+    return error_response(403, text.format(route=route))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (401) any request to a non-public route without a valid key, and (403) any
+    request to an admin route whose key is not the admin key."""
+    if request.match_info.route.name in PUBLIC_ROUTES:
+        return await handler(request)
+    key = presented_key(request.headers.get("Authorization"))
+    if key is None:
+        return error_response(401, MISSING_KEY, _CHALLENGE)
+    checker = request.app[state.KEYS]
+    scope = await checker.scope(key)
+    if scope is None:
+        return error_response(401, INVALID_KEY, _CHALLENGE)
+    endpoint = request.match_info.get("endpoint_id")
+    if scope and endpoint is not None and endpoint not in scope:
+        reach = ", ".join(sorted(scope))
+        return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
+    return _admin_refusal(request, checker, key) or await handler(request)

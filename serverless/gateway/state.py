@@ -1,0 +1,31 @@
+"""The gateway's typed application state: every `web.AppKey` the gateway's modules read.
+
+Kept apart from app.py so handlers and middlewares can read state without importing the module
+that wires them together (app.py imports them; nothing here imports back).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from serverless.gateway.auth import KeyChecker
+    from serverless.gateway.limits import Limits, RateLimiter
+    from serverless.gateway.webhooks import WebhookPolicy
+    from serverless.registry import Registry
+    from serverless.settings import Settings
+    from serverless.store import JobStore
+
+STORE: web.AppKey[JobStore] = web.AppKey("podq_store")
+SETTINGS: web.AppKey[Settings] = web.AppKey("podq_settings")
+KEYS: web.AppKey[KeyChecker] = web.AppKey("podq_keys")
+LIMITS: web.AppKey[Limits] = web.AppKey("podq_limits")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("podq_limiter")
+WEBHOOK_POLICY: web.AppKey[WebhookPolicy] = web.AppKey("podq_webhook_policy")
+OPENAPI: web.AppKey[bytes] = web.AppKey("podq_openapi")
+REGISTRY: web.AppKey[Registry] = web.AppKey("podq_registry")
+# names of the routes that need the admin key (the route table's `admin` rows)
+ADMIN_ROUTES: web.AppKey[frozenset[str]] = web.AppKey("podq_admin_routes")
+SSE_BLOCK_MS: web.AppKey[int] = web.AppKey("podq_sse_block_ms")

@@ -1,0 +1,201 @@
+"""Webhooks: POST a job's status body to its `webhook` URL when the job reaches a terminal state.
+
+RunPod's rules (docs.runpod.io, "Send requests", webhooks): one POST per job when it ends, the
+same body /status answers, the receiver must answer 2xx; on failure it is retried up to two more
+times, 10 s apart. A webhook that fails never changes the job.
+
+The script that ends a job pushes its id onto the durable `podq:webhooks` list when it has a
+webhook (serverless/lua/_lib.lua). Every gateway replica blocks on that list; BLPOP hands each
+id to exactly one of them, so N replicas deliver once, and a job that ends while no gateway runs
+gets its webhook when one starts. A job that is retried and ends again is pushed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from serverless import keys, lifecycle
+from serverless.errors import BadRequest
+from serverless.gateway.replies import encode
+from serverless.model import TERMINAL_STATUSES, JobRecord
+from serverless.queue import connect_single
+from serverless.store import JobStore, now_ms
+
+log = logging.getLogger("podq.webhooks")
+
+SCHEMES = ("http", "https")
+_EXAMPLE = "send an absolute URL such as https://example.com/hook"
+
+
+class WebhookPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How webhooks are delivered; the defaults are RunPod's."""
+
+    timeout_s: float = 10.0
+    retries: int = 2
+    retry_delay_s: float = 10.0
+    # private, loopback and link-local targets are refused (SSRF) unless this is set
+    # (PODQ_WEBHOOK_ALLOW_PRIVATE=true; `podq dev` sets it for local receivers)
+    allow_private: bool = False
+
+
+PRIVATE_HELP = "set PODQ_WEBHOOK_ALLOW_PRIVATE=true to allow private receivers"
+
+
+def is_private(address: str) -> bool:
+    """Loopback, private, link-local, reserved, multicast or unspecified (pure)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def check_url(url: str, allow_private: bool = True) -> None:
+    """Refuse (400) a webhook that is not an absolute http(s) URL, or that names a private
+    address literally (`localhost`, `10.0.0.1`, ...) when those are not allowed."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:
+        raise BadRequest(f"webhook {url!r} is not a valid URL ({e}); {_EXAMPLE}") from e
+    if parts.scheme not in SCHEMES or not host:
+        raise BadRequest(f"webhook {url!r} is not an http(s) URL; {_EXAMPLE}")
+    if not allow_private and (host == "localhost" or host.endswith(".localhost") or _literal_private(host)):
+        raise BadRequest(f"webhook {url!r} points at a private or loopback address; {PRIVATE_HELP}")
+
+
+def _literal_private(host: str) -> bool:
+    try:
+        return is_private(host)
+    except ValueError:  # a name, not an address: checked when delivering
+        return False
+
+
+async def refusal(url: str, policy: WebhookPolicy) -> str | None:
+    """Why a delivery to `url` must not be made (its host resolves to a private address),
+    or None. Checked before every try, so a name that changes its address is caught."""
+    if policy.allow_private:
+        return None
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e}"
+    private = sorted({str(info[4][0]) for info in infos if is_private(str(info[4][0]))})
+    return f"{host!r} resolves to private address {', '.join(private)}; {PRIVATE_HELP}" if private else None
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, timeout_s: float
+) -> str | None:
+    """POST once; None on a 2xx answer, else what went wrong."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        headers = {"Content-Type": "application/json"}
+        async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
+            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+    except asyncio.TimeoutError:
+        return f"no answer within {timeout_s} s"
+    except aiohttp.ClientError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+async def deliver(
+    session: aiohttp.ClientSession, url: str, body: bytes, policy: WebhookPolicy
+) -> bool:
+    """POST `body` to `url`, retrying `policy.retries` times; True once a 2xx came back.
+
+    Args:
+        session: the client session to send with.
+        url: the webhook URL.
+        body: the JSON body (a job's status body).
+        policy: timeout, retries and the delay between tries.
+
+    Returns:
+        Whether the receiver accepted the body.
+    """
+    for attempt in range(1 + policy.retries):
+        if attempt:
+            await asyncio.sleep(policy.retry_delay_s)
+        refused = await refusal(url, policy)
+        if refused is not None:
+            log.warning("webhook %s not delivered: %s", url, refused)
+            return False
+        problem = await _post(session, url, body, policy.timeout_s)
+        if problem is None:
+            return True
+        tries = 1 + policy.retries
+        log.warning("webhook %s try %d/%d failed: %s", url, attempt + 1, tries, problem)
+    return False
+
+
+class WebhookDispatcher:
+    """Listens for finished jobs and delivers their webhooks, each in its own task."""
+
+    def __init__(self, store: JobStore, policy: WebhookPolicy) -> None:
+        self._store, self._policy = store, policy
+        self._blocking: Redis | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Start popping finished jobs with webhooks off the shared list."""
+        self._session = aiohttp.ClientSession()
+        self._blocking = await connect_single(self._store.settings.redis_url)
+        self._listener = asyncio.create_task(self._listen(), name="podq-webhooks")
+
+    async def close(self) -> None:
+        """Stop listening and cancel deliveries still in flight."""
+        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if self._blocking is not None:
+            await self._blocking.aclose()
+
+    async def _listen(self) -> None:
+        assert self._blocking is not None
+        while True:
+            try:
+                popped = await self._blocking.blpop([keys.WEBHOOKS], timeout=1)
+            except (RedisError, OSError) as e:
+                log.warning("webhooks could not reach Redis (%s); retrying", e)
+                await asyncio.sleep(0.5)
+                continue
+            if popped is not None:
+                self._spawn(popped[1].decode())
+
+    def _spawn(self, job_id: str) -> None:
+        task = asyncio.create_task(self._handle(job_id), name=f"podq-webhook-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, job_id: str) -> None:
+        try:
+            record = await self._store.get(job_id)
+        except RedisError as e:
+            log.warning("webhook for job %s not delivered: Redis error %s", job_id, e)
+            return
+        if record is None or record.webhook is None or record.status not in TERMINAL_STATUSES:
+            return  # its result expired before delivery, or it was retried meanwhile
+        await self._send(record)
+
+    async def _send(self, record: JobRecord) -> None:
+        assert self._session is not None and record.webhook is not None
+        body = encode(lifecycle.status_body(record, now_ms()))
+        if await deliver(self._session, record.webhook, body, self._policy):
+            log.info("webhook for job %s delivered to %s", record.id, record.webhook)
+        else:
+            log.warning("webhook for job %s to %s failed on every try; the job is unchanged",
+                        record.id, record.webhook)

@@ -1,0 +1,123 @@
+"""Every Redis key and channel name podq uses, spelled once (as arq's constants.py does).
+
+Per job:      podq:job:{id}            HASH  the JobRecord fields
+              podq:chunks:{id}         STREAM  stream chunks, entry field `d`
+Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (+offset if lowPriority)
+              podq:ep:{ep}:leases      ZSET  running job ids, score = lease deadline ms
+              podq:ep:{ep}:stats       HASH  completed / failed / cancelled / timed_out / retried
+              podq:ep:{ep}:bell        LIST  doorbell: one entry per submit, BLPOP'ed by idle workers
+              podq:ep:{ep}:workers     HASH  worker id -> WorkerBeat
+              podq:ep:{ep}:done        channel: job ids as they reach a terminal status
+              podq:ep:{ep}:cancel      channel: running job ids that were cancelled
+Global:       podq:endpoints           SET   endpoint ids that ever got a job (for the reaper)
+              podq:webhooks            LIST  ids of finished jobs with a webhook still to deliver
+              podq:apikeys             HASH  sha256(key) -> label
+              podq:registry:endpoints  HASH  endpoint id -> EndpointConfig (JSON)
+              podq:registry:templates  HASH  template id -> Template (JSON)
+              podq:registry:status     HASH  endpoint id -> "status|reason" (the scaler writes it)
+              podq:registry:scale-to-zero SET endpoints asked to drop to 0 until their next job
+              podq:scaler:leader       STRING the scaler replica holding the leader lease
+              podq:apikeys             HASH  sha256(API key) hex -> label (keys never stored plain)
+Per delivery: podq:webhook:{id}:{ms}   STRING  claim: the gateway replica that delivers a job's
+                                       webhook for the terminal state reached at {ms}
+
+Lua scripts get the same spellings through `lua_header()`, so no script types a key by hand.
+"""
+
+from __future__ import annotations
+
+import re
+
+JOB = "podq:job:{}"
+CHUNKS = "podq:chunks:{}"
+QUEUE = "podq:ep:{}:queue"
+LEASES = "podq:ep:{}:leases"
+STATS = "podq:ep:{}:stats"
+BELL = "podq:ep:{}:bell"
+WORKERS = "podq:ep:{}:workers"
+DONE = "podq:ep:{}:done"
+CANCEL = "podq:ep:{}:cancel"
+ENDPOINTS = "podq:endpoints"
+API_KEYS = "podq:apikeys"
+REGISTRY_ENDPOINTS = "podq:registry:endpoints"
+REGISTRY_TEMPLATES = "podq:registry:templates"
+REGISTRY_STATUS = "podq:registry:status"
+REGISTRY_ZERO = "podq:registry:scale-to-zero"
+SCALER_LEADER = "podq:scaler:leader"
+WEBHOOKS = "podq:webhooks"
+DONE_PATTERN = DONE.format("*")
+# Published on an endpoint's done channel when purge-queue ended many jobs at once.
+PURGED = "*purged*"
+
+# Low-priority jobs sort after every normal one (scores are submit ms, ~1.7e12 today).
+LOW_PRIORITY_OFFSET = 10**13
+# Cap on doorbell entries: a bell is only a hint to wake, the queue itself is the truth.
+BELL_CAP = 64
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def valid_id(value: str) -> bool:
+    """Endpoint and job ids: 1-128 chars of letters, digits and `_.:-` (no key injection)."""
+    return bool(_ID.match(value))
+
+
+def job(job_id: str) -> str:
+    return JOB.format(job_id)
+
+
+def chunks(job_id: str) -> str:
+    return CHUNKS.format(job_id)
+
+
+def queue(endpoint: str) -> str:
+    return QUEUE.format(endpoint)
+
+
+def leases(endpoint: str) -> str:
+    return LEASES.format(endpoint)
+
+
+def stats(endpoint: str) -> str:
+    return STATS.format(endpoint)
+
+
+def bell(endpoint: str) -> str:
+    return BELL.format(endpoint)
+
+
+def workers(endpoint: str) -> str:
+    return WORKERS.format(endpoint)
+
+
+def done(endpoint: str) -> str:
+    return DONE.format(endpoint)
+
+
+def cancel(endpoint: str) -> str:
+    return CANCEL.format(endpoint)
+
+
+
+def endpoint_of_channel(channel: str) -> str:
+    head, tail = DONE.split("{}")
+    return channel[len(head) : len(channel) - len(tail)]
+
+
+def _lua_key_fn(name: str, template: str) -> str:
+    head, tail = template.split("{}")
+    return f"local function K_{name}(x) return '{head}' .. x .. '{tail}' end"
+
+
+def lua_header() -> str:
+    """Lua functions K_job(id), K_queue(ep), ... built from the templates above."""
+    names = {
+        "job": JOB, "chunks": CHUNKS, "queue": QUEUE, "leases": LEASES, "stats": STATS,
+        "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,
+    }
+    lines = [_lua_key_fn(n, t) for n, t in names.items()]
+    lines.append(f"local BELL_CAP = {BELL_CAP}")
+    lines.append(f"local PURGED = '{PURGED}'")
+    lines.append(f"local ENDPOINTS = '{ENDPOINTS}'")
+    lines.append(f"local WEBHOOKS = '{WEBHOOKS}'")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+-- Jobs whose lease ran out (their worker died or hung) go back to the queue, or end FAILED
+-- when their attempts are spent. Idempotent: any worker, gateway or scaler may run it.
+-- KEYS[1] leases zset
+-- ARGV: endpoint, now, max attempts, error format (%d = tries), limit
+-- Returns {requeued, failed}
+local ep, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+local requeued, failed = 0, 0
+for _, id in ipairs(ids) do
+  local jobkey = K_job(id)
+  local f = redis.call('HMGET', jobkey, 'status', 'tries')
+  if f[1] ~= 'IN_PROGRESS' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif tonumber(f[2] or '0') < max_attempts then
+    redis.call('HDEL', jobkey, 'output', 'started_at', 'worker_id')
+    move(ep, id, jobkey, 'IN_PROGRESS', 'IN_QUEUE', now, true)
+    redis.call('HINCRBY', K_stats(ep), 'retried', 1)
+    requeued = requeued + 1
+  else
+    redis.call('HSET', jobkey, 'error', string.format(ARGV[4], tonumber(f[2])))
+    move(ep, id, jobkey, 'IN_PROGRESS', 'FAILED', now, true)
+    failed = failed + 1
+  end
+end
+return {requeued, failed}

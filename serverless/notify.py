@@ -1,0 +1,110 @@
+"""Notifier: one pub/sub connection per process that wakes whoever waits for a job to finish.
+
+The finishing Lua script publishes the job id on its endpoint's done channel; this class holds a
+single PSUBSCRIBE to all of them and sets the asyncio.Event of each local waiter. Pub/sub is
+only a doorbell: the durable status is in the job hash, and waiters re-read it, so a message
+lost during a reconnect delays a waiter by its re-check interval and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from serverless import keys
+
+log = logging.getLogger("podq.notify")
+
+
+class Notifier:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Subscribe (once) and return when the subscription is in effect."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="podq-notifier")
+        await self._ready.wait()
+
+    def register(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters[job_id].add(event)
+        return event
+
+    def unregister(self, job_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[job_id]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _wake(self, job_id: str) -> None:
+        if job_id == keys.PURGED:  # many jobs ended at once: everyone re-reads
+            targets = [e for events in self._waiters.values() for e in events]
+        else:
+            targets = list(self._waiters.get(job_id, ()))
+        for event in targets:
+            event.set()
+
+    def _lost(self) -> None:
+        self._ready.set()  # waiters fall back to re-reading once a second
+        for events in list(self._waiters.values()):
+            for event in events:
+                event.set()
+
+    async def _run(self) -> None:
+        await listen_forever(self._redis, keys.DONE_PATTERN, self._wake, pattern=True,
+                             on_ready=self._ready.set, on_lost=self._lost, name="notifier")
+
+
+async def listen_forever(
+    redis: Redis,
+    channel: str,
+    on_message: Callable[[str], None],
+    *,
+    pattern: bool = False,
+    on_ready: Callable[[], None] = lambda: None,
+    on_lost: Callable[[], None] = lambda: None,
+    name: str = "subscription",
+) -> None:
+    """Subscribe to `channel` (a pattern if `pattern`) and call `on_message(data)` for each
+    message, resubscribing after a lost connection, until cancelled.
+
+    Args:
+        redis: the client whose pool the subscription connection comes from.
+        channel: the channel name or pattern.
+        on_message: called with each message's data, decoded.
+        pattern: PSUBSCRIBE instead of SUBSCRIBE.
+        on_ready: called once Redis confirms the subscription (after each reconnect too).
+        on_lost: called when the connection is lost, before retrying.
+        name: how log lines name this subscription.
+    """
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await (pubsub.psubscribe(channel) if pattern else pubsub.subscribe(channel))
+            async for message in pubsub.listen():
+                if message["type"] in ("subscribe", "psubscribe"):
+                    on_ready()
+                elif message["type"] in ("message", "pmessage"):
+                    on_message(message["data"].decode())
+        except (RedisError, OSError) as e:
+            log.warning("%s lost its Redis subscription (%s); reconnecting", name, e)
+            on_lost()
+            await asyncio.sleep(0.5)
+        finally:
+            await pubsub.aclose()

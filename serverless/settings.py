@@ -1,0 +1,72 @@
+"""One Settings object, read once from PODQ_* environment variables at the edge and passed down.
+
+Every duration is in milliseconds unless its name ends in `_s`. Defaults follow RunPod:
+results kept 30 min after /run and 1 min after /runsync, executionTimeout 10 min, ttl 24 h.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from serverless.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = DEFAULT_REDIS_URL
+    endpoint_id: str | None = None
+    worker_id: str | None = None
+    # lease a worker holds on a running job; renewed every heartbeat_ms
+    lease_ms: int = 10_000
+    heartbeat_ms: int = 2_000
+    # attempts a job gets when its worker dies before it ends FAILED
+    max_attempts: int = 3
+    # SIGTERM: time in-flight jobs get to finish before they are requeued
+    grace_period_s: float = 25.0
+    result_ttl_run_ms: int = 30 * 60_000
+    result_ttl_sync_ms: int = 60_000
+    execution_timeout_ms: int = 600_000
+    job_ttl_ms: int = 86_400_000
+    max_chunk_bytes: int = 1 << 20
+    # per-endpoint request rates at the gateway (RunPod's numbers); false turns them off
+    rate_limits: bool = True
+    # webhooks to private / loopback addresses (refused by default: SSRF)
+    webhook_allow_private: bool = False
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_ENV = {
+    "redis_url": "PODQ_REDIS_URL",
+    "endpoint_id": "PODQ_ENDPOINT_ID",
+    "worker_id": "PODQ_WORKER_ID",
+    "lease_ms": "PODQ_LEASE_MS",
+    "heartbeat_ms": "PODQ_HEARTBEAT_MS",
+    "max_attempts": "PODQ_MAX_ATTEMPTS",
+    "grace_period_s": "PODQ_GRACE_PERIOD_S",
+    "result_ttl_run_ms": "PODQ_RESULT_TTL_RUN_MS",
+    "result_ttl_sync_ms": "PODQ_RESULT_TTL_SYNC_MS",
+    "execution_timeout_ms": "PODQ_EXECUTION_TIMEOUT_MS",
+    "job_ttl_ms": "PODQ_JOB_TTL_MS",
+    "max_chunk_bytes": "PODQ_MAX_CHUNK_BYTES",
+    "rate_limits": "PODQ_RATE_LIMITS",
+    "webhook_allow_private": "PODQ_WEBHOOK_ALLOW_PRIVATE",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from PODQ_* variables; a malformed value raises ConfigError naming it."""
+    env = os.environ if environ is None else environ
+    fields = Settings.__struct_fields__
+    raw = {name: env[var] for name, var in _ENV.items() if env.get(var) not in (None, "")}
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        field = str(e).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(e) else ""
+        var = _ENV.get(field, ", ".join(_ENV[f] for f in fields if f in raw))
+        raise ConfigError(f"{var} has an invalid value ({e}); fix or unset it") from e

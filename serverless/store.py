@@ -1,0 +1,413 @@
+"""JobStore: the one job store the gateway, the workers and the scaler share.
+
+It takes records and returns records; every status change is one Lua script (serverless/lua/)
+whose legal moves come from lifecycle.TRANSITIONS. A lost race returns a value (None, False or
+a TransitionResult), never an exception: the caller decides what it means for its user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from importlib import resources
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from serverless import keys, lifecycle
+from serverless.codec import beat_decoder, encode_json, record_fields, record_from_hash, taken_from_reply
+from serverless.errors import BadRequest, Conflict, NotFound
+from serverless.lifecycle import Event
+from serverless.model import (
+    Chunk,
+    Health,
+    JobCounts,
+    JobRecord,
+    QueueStats,
+    RunRequest,
+    Status,
+    TakenJob,
+    TERMINAL_STATUSES,
+    WorkerBeat,
+)
+from serverless.notify import Notifier
+from serverless.settings import Settings
+
+_SCRIPTS = ("submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge")
+TTL_ERROR = "job waited longer than its ttl of %d ms before a worker took it"
+PURGE_ERROR = "removed from the queue by purge-queue"
+CHUNK_STREAM_MAXLEN = 1_000_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class TransitionResult(msgspec.Struct):
+    outcome: str  # ok | missing | refused | stale
+    status: Status | None = None  # the status the job had before
+
+
+def _load_scripts(redis: Redis) -> dict[str, Any]:
+    folder = resources.files("serverless") / "lua"
+    head = keys.lua_header() + (folder / "_lib.lua").read_text()
+    return {n: redis.register_script(head + (folder / f"{n}.lua").read_text()) for n in _SCRIPTS}
+
+
+def new_job_id(sync: bool) -> str:
+    """RunPod-shaped ids: `<uuid>-u1` for /run, `sync-<uuid>-e1` for /runsync."""
+    return f"sync-{uuid.uuid4()}-e1" if sync else f"{uuid.uuid4()}-u1"
+
+
+class JobStore:
+    """All job reads and writes. One instance per process, shared by its tasks."""
+
+    def __init__(self, redis: Redis, settings: Settings, notifier: Notifier | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._scripts = _load_scripts(redis)
+        self._notifier = notifier
+
+    async def close(self) -> None:
+        if self._notifier is not None:
+            await self._notifier.close()
+        await self.redis.aclose()
+
+    # ---- gateway side -------------------------------------------------------------------
+
+    def new_record(
+        self, endpoint: str, request: RunRequest, *, sync: bool, job_id: str | None, now: int
+    ) -> JobRecord:
+        """The record a submission creates (pure)."""
+        policy = request.policy
+        s = self.settings
+        return JobRecord(
+            id=job_id or new_job_id(sync),
+            endpoint=endpoint,
+            status=Status.IN_QUEUE,
+            input=request.input,
+            submitted_at=now,
+            # None: the worker applies its endpoint's execution_timeout_ms (its own setting)
+            execution_timeout_ms=(policy and policy.executionTimeout) or None,
+            ttl_ms=(policy and policy.ttl) or s.job_ttl_ms,
+            low_priority=bool(policy and policy.lowPriority),
+            webhook=request.webhook,
+            s3_config=None if request.s3Config is msgspec.UNSET else request.s3Config,
+            retention_ms=s.result_ttl_sync_ms if sync else s.result_ttl_run_ms,
+        )
+
+    async def submit(
+        self,
+        endpoint: str,
+        request: RunRequest,
+        *,
+        sync: bool = False,
+        job_id: str | None = None,
+        now: int | None = None,
+    ) -> JobRecord:
+        """Queue a job (one round trip). Raises Conflict if `job_id` is already taken."""
+        _check_id(endpoint, "endpoint")
+        record = self.new_record(endpoint, request, sync=sync, job_id=job_id, now=now or now_ms())
+        await self._insert(record)
+        return record
+
+    async def _insert(self, record: JobRecord) -> None:
+        _check_id(record.id, "job")
+        score = record.submitted_at + (keys.LOW_PRIORITY_OFFSET if record.low_priority else 0)
+        args = [record.endpoint, record.id, score, *record_fields(record), "score", score]
+        if not await self._scripts["submit"](keys=[keys.job(record.id)], args=args):
+            raise Conflict(f"a job with id '{record.id}' already exists; use another id")
+
+    async def get(self, job_id: str, now: int | None = None) -> JobRecord | None:
+        """The job's record, or None if unknown or past its retention. Applies ttl expiry."""
+        if not keys.valid_id(job_id):
+            return None
+        fields = await self.redis.hgetall(keys.job(job_id))
+        if not fields or b"status" not in fields:
+            return None
+        record = record_from_hash(fields)
+        now = now or now_ms()
+        if lifecycle.is_expired(record, now):
+            error = TTL_ERROR % (record.ttl_ms or 0)
+            await self._transition(job_id, Event.EXPIRE, now, set_={"error": error})
+            return await self.get(job_id, now)
+        return record
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Wait until the job is terminal or `timeout_s` passes; returns the latest record.
+
+        Push-based: the finishing script publishes the id on the endpoint's done channel and
+        the process's Notifier wakes this waiter. The record is re-read once a second as well,
+        so a notification lost to a reconnect costs at most a second, never a hang.
+        """
+        notifier = await self._started_notifier()
+        event = notifier.register(job_id)
+        try:
+            return await self._wait_on(job_id, event, timeout_s, read_first=True)
+        finally:
+            notifier.unregister(job_id, event)
+
+    async def submit_and_wait(
+        self, endpoint: str, request: RunRequest, timeout_s: float, *, sync: bool = True
+    ) -> JobRecord:
+        """Submit and wait for the result (/runsync). The waiter is registered before the
+        job exists, so no read is needed before the first notification."""
+        notifier = await self._started_notifier()
+        _check_id(endpoint, "endpoint")
+        record = self.new_record(endpoint, request, sync=sync, job_id=None, now=now_ms())
+        event = notifier.register(record.id)
+        try:
+            await self._insert(record)
+            latest = await self._wait_on(record.id, event, timeout_s, read_first=False)
+            return latest or record
+        finally:
+            notifier.unregister(record.id, event)
+
+    async def _started_notifier(self) -> Notifier:
+        if self._notifier is None:
+            self._notifier = Notifier(self.redis)
+        await self._notifier.start()
+        return self._notifier
+
+    async def _wait_on(
+        self, job_id: str, event: asyncio.Event, timeout_s: float, *, read_first: bool
+    ) -> JobRecord | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        record: JobRecord | None = None
+        if not read_first:
+            await _wait_event(event, min(timeout_s, 1.0))
+        while True:
+            event.clear()  # before the read: a doorbell that rings during it is not lost
+            record = await self.get(job_id)
+            remaining = deadline - loop.time()
+            if record is None or record.status in TERMINAL_STATUSES or remaining <= 0:
+                return record
+            await _wait_event(event, min(remaining, 1.0))
+
+    async def read_chunks(
+        self, job_id: str, cursor: str = "0-0", count: int = 1000, block_ms: int | None = None
+    ) -> list[Chunk]:
+        """Chunks after `cursor`, in order; with `block_ms`, wait that long for the first one."""
+        reply = await self.redis.xread({keys.chunks(job_id): cursor}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [Chunk(cursor=eid.decode(), output=msgspec.Raw(f[b"d"])) for eid, f in reply[0][1]]
+
+    async def drain_chunks(self, job_id: str, count: int = 10_000) -> tuple[Status, list[Chunk]] | None:
+        """RunPod's /stream: chunks not yet returned by an earlier call, and the status."""
+        if not keys.valid_id(job_id):
+            return None
+        reply = await self._scripts["drain"](keys=[keys.job(job_id), keys.chunks(job_id)], args=[count])
+        if reply[0] == b"missing":
+            return None
+        chunks = [Chunk(cursor=e[0].decode(), output=msgspec.Raw(e[1][1])) for e in reply[1]]
+        return Status(reply[0].decode()), chunks
+
+    async def cancel(self, job_id: str, now: int | None = None) -> JobRecord | None:
+        """Cancel a queued (removed at once) or running (its worker is told) job.
+
+        A finished job is returned unchanged; None means unknown.
+        """
+        result = await self._transition(job_id, Event.CANCEL, now or now_ms())
+        if result.outcome == "missing":
+            return None
+        return await self.get(job_id)
+
+    async def retry(self, job_id: str, now: int | None = None) -> JobRecord:
+        """Queue a FAILED or TIMED_OUT job again with its original input and id."""
+        now = now or now_ms()
+        result = await self._transition(
+            job_id, Event.RETRY, now,
+            set_={"score": now, "tries": 0, "submitted_at": now},
+            delete=("output", "error", "started_at", "finished_at", "worker_id", "cursor"),
+        )
+        if result.outcome == "missing":
+            raise NotFound(f"job '{job_id}' not found (unknown, or its result expired)")
+        if result.outcome != "ok":
+            raise Conflict(
+                f"job '{job_id}' is {result.status}; only FAILED or TIMED_OUT jobs can be retried"
+            )
+        record = await self.get(job_id)
+        assert record is not None
+        return record
+
+    async def purge(self, endpoint: str, now: int | None = None) -> int:
+        """End every queued job of `endpoint` CANCELLED; running jobs go on. Returns the count."""
+        _check_id(endpoint, "endpoint")
+        return int(
+            await self._scripts["purge"](
+                keys=[keys.queue(endpoint)], args=[endpoint, now or now_ms(), PURGE_ERROR]
+            )
+        )
+
+    async def health(self, endpoint: str, now: int | None = None) -> Health:
+        """Job and worker counts in O(1) for jobs (and O(workers) for workers)."""
+        now = now or now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.queue(endpoint))
+            pipe.zcard(keys.leases(endpoint))
+            pipe.hgetall(keys.stats(endpoint))
+            pipe.hvals(keys.workers(endpoint))
+            queued, running, stats, beats = await pipe.execute()
+        counts = {k.decode(): int(v) for k, v in stats.items()}
+        jobs = JobCounts(
+            completed=counts.get("completed", 0),
+            failed=counts.get("failed", 0),
+            inProgress=running,
+            inQueue=queued,
+            retried=counts.get("retried", 0),
+        )
+        workers = lifecycle.worker_counts([beat_decoder.decode(b) for b in beats], now, self.stale_after_ms)
+        return Health(jobs=jobs, workers=workers)
+
+    async def queue_stats(self, endpoint: str, now: int | None = None) -> QueueStats:
+        """Queue length (all, and without lowPriority), oldest normal wait, running count."""
+        now = now or now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.queue(endpoint))
+            pipe.zcount(keys.queue(endpoint), "-inf", f"({keys.LOW_PRIORITY_OFFSET}")
+            pipe.zrange(keys.queue(endpoint), 0, 0, withscores=True)
+            pipe.zcard(keys.leases(endpoint))
+            total, normal, oldest, running = await pipe.execute()
+        oldest_score = oldest[0][1] if oldest and oldest[0][1] < keys.LOW_PRIORITY_OFFSET else None
+        wait = max(0, now - int(oldest_score)) if oldest_score is not None else 0
+        return QueueStats(in_queue=total, in_queue_normal=normal, oldest_wait_ms=wait, in_progress=running)
+
+    @property
+    def stale_after_ms(self) -> int:
+        return 3 * self.settings.heartbeat_ms
+
+    # ---- worker side --------------------------------------------------------------------
+
+    async def take(self, endpoint: str, worker_id: str, now: int | None = None) -> TakenJob | None:
+        """Take the oldest queued job, leased to `worker_id`; None when the queue is empty."""
+        reply = await self._scripts["take"](
+            keys=[keys.queue(endpoint), keys.leases(endpoint)],
+            args=[endpoint, now or now_ms(), self.settings.lease_ms, worker_id, TTL_ERROR],
+        )
+        return taken_from_reply(endpoint, reply) if reply else None
+
+    async def renew(self, endpoint: str, attempts: dict[str, int], now: int | None = None) -> list[str]:
+        """Extend the leases of running jobs; returns the ids this worker no longer holds."""
+        if not attempts:
+            return []
+        pairs = [x for job_id, attempt in attempts.items() for x in (job_id, attempt)]
+        deadline = (now or now_ms()) + self.settings.lease_ms
+        lost = await self._scripts["renew"](keys=[keys.leases(endpoint)], args=[deadline, *pairs])
+        return [x.decode() for x in lost]
+
+    async def progress(self, job_id: str, attempt: int, output: bytes) -> bool:
+        result = await self._transition(
+            job_id, Event.PROGRESS, now_ms(), attempt=attempt, set_={"output": output}
+        )
+        return result.outcome == "ok"
+
+    async def append_chunks(self, job_id: str, attempt: int, chunks: list[bytes]) -> bool:
+        """Append chunks in order; False when this attempt no longer owns the job."""
+        reply = await self._scripts["chunks"](
+            keys=[keys.job(job_id), keys.chunks(job_id)],
+            args=[attempt, CHUNK_STREAM_MAXLEN, *chunks],
+        )
+        return reply[0] == b"ok"
+
+    async def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: Status,
+        *,
+        output: bytes | None = None,
+        error: str | None = None,
+        now: int | None = None,
+    ) -> TransitionResult:
+        """Write the final result, fenced: only the attempt that holds the job may write it."""
+        event = _FINISH_EVENTS[status]
+        set_: dict[str, Any] = {}
+        if output is not None:
+            set_["output"] = output
+        if error is not None:
+            set_["error"] = error
+        delete = () if output is not None else ("output",)
+        return await self._transition(
+            job_id, event, now or now_ms(), attempt=attempt, set_=set_, delete=delete
+        )
+
+    async def requeue(self, job_id: str, attempt: int, now: int | None = None) -> bool:
+        """Give a running job back to the queue (worker drain); the try is not counted."""
+        result = await self._transition(
+            job_id, Event.REQUEUE, now or now_ms(), attempt=attempt,
+            set_={"+tries": -1}, delete=("output", "started_at", "worker_id"),
+        )
+        return result.outcome == "ok"
+
+    async def reap(self, endpoint: str, now: int | None = None, limit: int = 200) -> tuple[int, int]:
+        """Requeue (or fail, when out of attempts) jobs whose lease expired."""
+        requeued, failed = await self._scripts["reap"](
+            keys=[keys.leases(endpoint)],
+            args=[
+                endpoint, now or now_ms(), self.settings.max_attempts,
+                lifecycle.LEASE_LOST_ERROR, limit,
+            ],
+        )
+        return int(requeued), int(failed)
+
+    async def endpoints(self) -> list[str]:
+        return sorted(x.decode() for x in await self.redis.smembers(keys.ENDPOINTS))
+
+    async def beat(self, beat: WorkerBeat) -> None:
+        await self.redis.hset(keys.workers(beat.endpoint), beat.id, encode_json(beat))
+
+    async def remove_worker(self, endpoint: str, worker_id: str) -> None:
+        await self.redis.hdel(keys.workers(endpoint), worker_id)
+
+    async def workers(self, endpoint: str) -> list[WorkerBeat]:
+        return [beat_decoder.decode(b) for b in await self.redis.hvals(keys.workers(endpoint))]
+
+    # ---- internals ----------------------------------------------------------------------
+
+    async def _transition(
+        self,
+        job_id: str,
+        event: Event,
+        now: int,
+        *,
+        attempt: int | None = None,
+        set_: dict[str, Any] | None = None,
+        delete: tuple[str, ...] = (),
+    ) -> TransitionResult:
+        if not keys.valid_id(job_id):
+            return TransitionResult("missing")
+        if event in lifecycle.FENCED_EVENTS and attempt is None:
+            raise ValueError(f"{event} is a fenced write and needs the worker's attempt")
+        pairs = [x for kv in (set_ or {}).items() for x in kv]
+        args = [
+            job_id, lifecycle.TRANSITIONS[event][1].value, lifecycle.sources_arg(event),
+            "" if attempt is None else attempt, now, len(pairs) // 2, *pairs, *delete,
+        ]
+        reply = await self._scripts["transition"](keys=[keys.job(job_id)], args=args)
+        status = Status(reply[1].decode()) if len(reply) > 1 else None
+        return TransitionResult(reply[0].decode(), status)
+
+
+_FINISH_EVENTS = {
+    Status.COMPLETED: Event.COMPLETE,
+    Status.FAILED: Event.FAIL,
+    Status.TIMED_OUT: Event.TIME_OUT,
+}
+
+
+async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
+    except asyncio.TimeoutError:
+        pass
+
+
+def _check_id(value: str, kind: str) -> None:
+    if not keys.valid_id(value):
+        raise BadRequest(
+            f"invalid {kind} id {value!r}: use 1-128 letters, digits, '_', '.', ':' or '-'"
+        )

@@ -1,0 +1,69 @@
+"""One contract every backend meets (start, list, stop, adopt), run against each of them.
+
+The docker backend joins through the `docker_backend` fixture (tests/backends/conftest.py),
+which skips with the reason when no Docker engine can run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from scaler.backends.base import WorkerSpec
+from scaler.backends.process import ProcessBackend
+from serverless.model import RunRequest, Status
+
+HANDLER = Path(__file__).resolve().parents[1] / "scaler" / "handlers" / "work.py"
+
+
+@pytest.fixture(params=["process", "docker"])
+async def backend(request, redis_url, tmp_path):
+    if request.param == "process":
+        made = ProcessBackend(redis_url, log_dir=str(tmp_path))
+    else:
+        made = request.getfixturevalue("docker_backend")
+    yield made
+    for handle in await made.list():
+        await made.stop(handle, 1)
+    await made.close()
+
+
+def spec(redis_url: str, endpoint: str, worker_id: str = "w-contract") -> WorkerSpec:
+    return WorkerSpec(endpoint_id=endpoint, worker_id=worker_id, version=3, redis_url=redis_url,
+                      handler=str(HANDLER), env={"PODQ_HEARTBEAT_MS": "200"})
+
+
+async def test_start_serve_list_stop(backend, store, endpoint, redis_url) -> None:
+    handle = await backend.start(spec(redis_url, endpoint))
+    assert (handle.worker_id, handle.endpoint_id, handle.version) == ("w-contract", endpoint, 3)
+    listed = [h for h in await backend.list() if h.endpoint_id == endpoint]
+    assert [(h.worker_id, h.version, h.running) for h in listed] == [("w-contract", 3, True)]
+    rec = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b'{"seconds": 0}')))
+    done = await store.wait(rec.id, 30)
+    assert done.status is Status.COMPLETED
+    assert msgspec.json.decode(done.output)["worker"] == "w-contract"
+    await backend.stop(handle, 2)
+    assert [h for h in await backend.list() if h.endpoint_id == endpoint] == []
+    assert await store.workers(endpoint) == []  # it drained and deregistered
+
+
+async def test_a_new_backend_instance_adopts_running_workers(backend, endpoint, redis_url) -> None:
+    await backend.start(spec(redis_url, endpoint, "w-adopt"))
+    fresh = type(backend)(**_same_args(backend, redis_url))
+    found = [h for h in await fresh.list() if h.endpoint_id == endpoint]
+    assert [(h.worker_id, h.version) for h in found] == [("w-adopt", 3)]
+
+
+def _same_args(backend, redis_url: str) -> dict:
+    if isinstance(backend, ProcessBackend):
+        return {"redis_url": redis_url}
+    return backend.constructor_args()
+
+
+async def test_stop_of_a_worker_that_already_exited_is_harmless(backend, endpoint, redis_url) -> None:
+    handle = await backend.start(spec(redis_url, endpoint, "w-gone"))
+    await backend.stop(handle, 1)
+    await asyncio.wait_for(backend.stop(handle, 1), 30)

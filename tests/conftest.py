@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from serverless.queue import connect
+from serverless.settings import Settings
+from serverless.store import JobStore
+from serverless.redis_server import RedisProcess
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, lease_ms=2_000, heartbeat_ms=300)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[JobStore]:
+    redis = await connect(settings.redis_url)
+    await redis.flushdb()  # our own server, never the shared one
+    s = JobStore(redis, settings)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return f"ep-{uuid.uuid4().hex[:8]}"

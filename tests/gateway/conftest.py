@@ -1,0 +1,128 @@
+"""Gateway fixtures: a real gateway on a real TCP port over the real redis-server, and in-test
+workers that take jobs through the real JobStore worker API (take -> append_chunks -> finish)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+
+from serverless.gateway import GatewayOptions, create_app
+from serverless.gateway.webhooks import WebhookPolicy
+from serverless.model import Status, TakenJob
+from serverless.settings import Settings
+from serverless.store import JobStore
+
+ADMIN_KEY = "admin-test-key"
+# the test receivers listen on 127.0.0.1, a private address refused by default
+FAST_WEBHOOKS = WebhookPolicy(timeout_s=1.0, retries=2, retry_delay_s=0.05, allow_private=True)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+class Gateway:
+    """A started gateway and an authorized aiohttp session to call it."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url, self.session = url, session
+
+    async def call(
+        self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+        headers: dict[str, str] | None = None, auth: bool = True,
+    ) -> Answer:
+        hdrs = {"Authorization": f"Bearer {ADMIN_KEY}"} if auth else {}
+        hdrs.update(headers or {})
+        body = msgspec.json.encode(json) if json is not None else data
+        payload = io.BytesIO(body) if body is not None else None  # big bodies without a warning
+        async with self.session.request(method, self.url + path, data=payload, headers=hdrs) as r:
+            raw = await r.read()
+            decoded = msgspec.json.decode(raw) if r.content_type == "application/json" else raw
+            return Answer(r.status, decoded, dict(r.headers))
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(store: JobStore, settings: Settings) -> AsyncIterator[GatewayFactory]:
+    """Start gateways with GatewayOptions overrides; all are stopped at the end."""
+    runners: list[web.AppRunner] = []
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def make(**overrides: Any) -> Gateway:
+        fields = {"admin_key": ADMIN_KEY, "webhooks": FAST_WEBHOOKS, "reap_interval_s": 0.1}
+        options = GatewayOptions(**{**fields, **overrides})
+        runner = web.AppRunner(create_app(store, settings, options))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=2048).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return Gateway(f"http://{host}:{port}", session)
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
+    await session.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway()
+
+
+# ---- in-test workers ---------------------------------------------------------------------
+
+Result = tuple[Status, bytes | None, str | None]
+Handler = Callable[[JobStore, TakenJob], Awaitable[Result]]
+
+
+async def scripted(store: JobStore, job: TakenJob) -> Result:
+    """Answer `{"echo": input}`, following directions an input dict may carry:
+    `fail` (end FAILED with that error), `chunks` (stream them, `gap_s` apart), `sleep_s`."""
+    value = msgspec.json.decode(job.input)
+    script = value if isinstance(value, dict) else {}
+    for chunk in script.get("chunks", []):
+        await store.append_chunks(job.id, job.attempt, [msgspec.json.encode(chunk)])
+        await asyncio.sleep(script.get("gap_s", 0))
+    await asyncio.sleep(script.get("sleep_s", 0))
+    if "fail" in script:
+        return Status.FAILED, None, str(script["fail"])
+    return Status.COMPLETED, msgspec.json.encode({"echo": value}), None
+
+
+async def work(store: JobStore, endpoint: str, worker_id: str, handler: Handler = scripted) -> None:
+    """Take and finish jobs of `endpoint`, one at a time, until cancelled."""
+    while True:
+        taken = await store.take(endpoint, worker_id)
+        if taken is None:
+            await asyncio.sleep(0.005)
+            continue
+        status, output, error = await handler(store, taken)
+        await store.finish(taken.id, taken.attempt, status, output=output, error=error)
+
+
+@pytest.fixture
+async def workers(store: JobStore) -> AsyncIterator[Callable[..., None]]:
+    """Start in-test workers: `workers(endpoint, n=1, handler=scripted)`; cancelled at the end."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(endpoint: str, n: int = 1, handler: Handler = scripted) -> None:
+        for i in range(n):
+            tasks.append(asyncio.create_task(work(store, endpoint, f"w{i}", handler)))
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,202 @@
+"""Webhooks: delivered to a real local receiver on a free port, retried, never affecting the job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+
+from serverless.errors import BadRequest
+from serverless.gateway.webhooks import WebhookPolicy, check_url, is_private
+from serverless.model import Status
+from serverless.store import JobStore
+from tests.gateway.conftest import Gateway, GatewayFactory
+
+
+class Receiver:
+    """An HTTP server that answers the scripted statuses in turn (then 200) and keeps bodies."""
+
+    def __init__(self, statuses: list[int], delay_s: float = 0.0) -> None:
+        self.statuses, self.delay_s = list(statuses), delay_s
+        self.bodies: list[dict] = []
+        self.arrived = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        status = self.statuses.pop(0) if self.statuses else 200
+        if self.delay_s and status == 200 and len(self.bodies) == 1:
+            await asyncio.sleep(self.delay_s)
+        self.arrived.set()
+        return web.Response(status=status)
+
+    async def wait_for(self, n: int, timeout: float = 5) -> None:
+        async def enough() -> None:
+            while len(self.bodies) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Callable[..., Receiver]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(statuses: tuple[int, ...] = (), delay_s: float = 0.0) -> Receiver:
+        rec = Receiver(list(statuses), delay_s)
+        app = web.Application()
+        app.router.add_post("/hook", rec.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        rec.url = f"http://{host}:{port}/hook"
+        return rec
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def finish_with_webhook(
+    gateway: Gateway, store: JobStore, endpoint: str, url: str, status: Status = Status.COMPLETED
+) -> str:
+    envelope = {"input": {"x": 1}, "webhook": url}
+    job_id = (await gateway.call("POST", f"/v2/{endpoint}/run", json=envelope)).body["id"]
+    taken = await store.take(endpoint, "w")
+    error = "boom" if status is Status.FAILED else None
+    output = b'{"y": 2}' if status is Status.COMPLETED else None
+    await store.finish(job_id, taken.attempt, status, output=output, error=error)
+    return job_id
+
+
+async def test_webhook_gets_the_status_body_once(
+    gateway: Gateway, store: JobStore, endpoint: str, receiver
+) -> None:
+    rec = await receiver()
+    job_id = await finish_with_webhook(gateway, store, endpoint, rec.url)
+    await rec.wait_for(1)
+    [body] = rec.bodies
+    assert body["id"] == job_id and body["status"] == "COMPLETED" and body["output"] == {"y": 2}
+    assert body["workerId"] == "w" and "executionTime" in body
+    await asyncio.sleep(0.2)
+    assert len(rec.bodies) == 1
+
+
+async def test_failed_and_cancelled_jobs_get_webhooks_too(
+    gateway: Gateway, store: JobStore, endpoint: str, receiver
+) -> None:
+    rec = await receiver()
+    await finish_with_webhook(gateway, store, endpoint, rec.url, Status.FAILED)
+    envelope = {"input": 1, "webhook": rec.url}
+    queued = (await gateway.call("POST", f"/v2/{endpoint}/run", json=envelope)).body["id"]
+    await gateway.call("POST", f"/v2/{endpoint}/cancel/{queued}")
+    await rec.wait_for(2)
+    assert sorted((b["status"], b.get("error")) for b in rec.bodies) == [
+        ("CANCELLED", None), ("FAILED", "boom"),
+    ]
+
+
+async def test_webhook_is_retried_twice_after_failures(
+    gateway: Gateway, store: JobStore, endpoint: str, receiver
+) -> None:
+    rec = await receiver([500, 503])
+    await finish_with_webhook(gateway, store, endpoint, rec.url)
+    await rec.wait_for(3)
+    assert len(rec.bodies) == 3 and rec.bodies[0] == rec.bodies[2]
+
+
+async def test_slow_receiver_times_out_and_is_retried(
+    make_gateway: GatewayFactory, store: JobStore, endpoint: str, receiver
+) -> None:
+    gateway = await make_gateway(webhooks=WebhookPolicy(timeout_s=0.2, retry_delay_s=0.01, allow_private=True))
+    rec = await receiver(delay_s=1.0)  # the first try hangs past the timeout
+    await finish_with_webhook(gateway, store, endpoint, rec.url)
+    await rec.wait_for(2)
+
+
+async def test_a_failing_webhook_never_changes_the_job(
+    gateway: Gateway, store: JobStore, endpoint: str, receiver
+) -> None:
+    rec = await receiver([500, 500, 500, 500])
+    job_id = await finish_with_webhook(gateway, store, endpoint, rec.url)
+    await rec.wait_for(3)
+    await asyncio.sleep(0.2)
+    assert len(rec.bodies) == 3  # one try and two retries, no more
+    status = await gateway.call("GET", f"/v2/{endpoint}/status/{job_id}")
+    assert status.body["status"] == "COMPLETED" and status.body["output"] == {"y": 2}
+
+
+async def test_unreachable_webhook_never_changes_the_job(
+    gateway: Gateway, store: JobStore, endpoint: str
+) -> None:
+    job_id = await finish_with_webhook(gateway, store, endpoint, "http://127.0.0.1:9/nothing")
+    await asyncio.sleep(0.3)
+    status = await gateway.call("GET", f"/v2/{endpoint}/status/{job_id}")
+    assert status.body["status"] == "COMPLETED"
+
+
+async def test_two_gateway_replicas_deliver_once(
+    make_gateway: GatewayFactory, store: JobStore, endpoint: str, receiver
+) -> None:
+    first, _second = await make_gateway(), await make_gateway()
+    rec = await receiver()
+    await finish_with_webhook(first, store, endpoint, rec.url)
+    await rec.wait_for(1)
+    await asyncio.sleep(0.3)
+    assert len(rec.bodies) == 1
+
+
+@pytest.mark.parametrize(
+    "url,ok",
+    [
+        ("https://example.com/hook", True),
+        ("http://10.0.0.5:8080/cb?x=1", True),
+        ("ftp://example.com/hook", False),
+        ("file:///etc/passwd", False),
+        ("example.com/hook", False),
+        ("https://", False),
+        ("http://[::1", False),
+    ],
+)
+def test_only_absolute_http_urls_are_accepted(url: str, ok: bool) -> None:
+    if ok:
+        check_url(url)
+    else:
+        with pytest.raises(BadRequest, match="webhook"):
+            check_url(url)
+
+
+
+@pytest.mark.parametrize("address,private", [
+    ("127.0.0.1", True), ("10.1.2.3", True), ("192.168.0.1", True), ("169.254.169.254", True),
+    ("::1", True), ("::ffff:127.0.0.1", True), ("0.0.0.0", True), ("8.8.8.8", False),
+    ("2606:4700:4700::1111", False),
+])
+def test_private_addresses(address, private) -> None:
+    assert is_private(address) is private
+
+
+def test_literal_private_webhooks_refused_at_submit_unless_allowed() -> None:
+    for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "https://[::1]/x", "http://169.254.169.254/"):
+        with pytest.raises(BadRequest, match="private or loopback.*PODQ_WEBHOOK_ALLOW_PRIVATE"):
+            check_url(url, allow_private=False)
+        check_url(url, allow_private=True)
+    check_url("https://hooks.example.com/x", allow_private=False)  # names are checked at delivery
+
+
+async def test_delivery_refuses_a_name_that_resolves_to_a_private_address() -> None:
+    import aiohttp
+
+    from serverless.gateway.webhooks import deliver, refusal
+
+    policy = WebhookPolicy(timeout_s=0.2, retries=2, retry_delay_s=0.01)
+    assert "resolves to private address 127.0.0.1" in await refusal("http://localhost:9/x", policy)
+    async with aiohttp.ClientSession() as session:
+        assert await deliver(session, "http://localhost:9/x", b"{}", policy) is False
+    allowed = WebhookPolicy(allow_private=True)
+    assert await refusal("http://localhost:9/x", allowed) is None

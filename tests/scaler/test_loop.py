@@ -1,0 +1,292 @@
+"""The control loop end to end: real redis-server, real worker processes (process backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from scaler.backends.process import ProcessBackend
+from scaler.loop import Scaler
+from serverless.model import EndpointConfig, EndpointStatus, RunRequest, ScalerType, Status, Template
+from serverless.registry import Registry
+from serverless.settings import Settings
+from serverless.store import JobStore
+
+HANDLERS = Path(__file__).parent / "handlers"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def scaler_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, lease_ms=2_000, heartbeat_ms=200, grace_period_s=3)
+
+
+@pytest.fixture
+async def env(scaler_settings: Settings, store: JobStore, tmp_path: Path):
+    registry = Registry(store.redis)
+    backend = ProcessBackend(scaler_settings.redis_url, log_dir=str(tmp_path))
+    os.environ["PODQ_HEARTBEAT_MS"] = "200"
+    yield registry, backend
+    os.environ.pop("PODQ_HEARTBEAT_MS", None)
+    for handle in await backend.list():
+        await backend.stop(handle, 0.5)
+
+
+async def make_endpoint(registry: Registry, handler: str = "work.py", **kw) -> EndpointConfig:
+    template = await registry.put_template(Template(id="t-" + handler.split(".")[0], name="t",
+                                                    handler=str(HANDLERS / handler)))
+    fields = dict(id="ep-scale", name="scale", template_id=template.id, gpu_ids="ANY",
+                  workers_min=0, workers_max=3, idle_timeout=1, scaler_value=0.5)
+    return await registry.put_endpoint(EndpointConfig(**{**fields, **kw}))
+
+
+@asynccontextmanager
+async def running_scaler(registry, store, backend, settings, ident="s1") -> AsyncIterator[Scaler]:
+    scaler = Scaler(registry, store, {"process": backend}, settings, ident=ident, tick_s=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scaler.run(stop))
+    try:
+        yield scaler
+    finally:
+        stop.set()
+        await task
+        await scaler.close()
+
+
+def job(seconds: float = 0, **kw) -> RunRequest:
+    return RunRequest(input=msgspec.Raw(msgspec.json.encode({"seconds": seconds})), **kw)
+
+
+async def until(predicate, timeout: float = 20, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def count(backend) -> int:
+    return len([h for h in await backend.list() if h.running])
+
+
+async def test_first_job_wakes_zero_workers_and_idle_shrinks_back(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await asyncio.sleep(0.3)
+        assert await count(backend) == 0
+        assert (await registry.get_endpoint(endpoint.id)).status is EndpointStatus.SCALED_TO_ZERO
+        t0 = time.monotonic()
+        rec = await store.submit(endpoint.id, job())
+        done = await store.wait(rec.id, 20)
+        cold_start = time.monotonic() - t0
+        assert done.status is Status.COMPLETED
+        await until(lambda: _has_status(registry, endpoint.id, EndpointStatus.RUNNING), timeout=1)
+        await until(lambda: _eq(count(backend), 0), timeout=10)  # idle_timeout 1 s
+        await until(lambda: _has_status(registry, endpoint.id, EndpointStatus.SCALED_TO_ZERO), timeout=2)
+    print(f"process cold start: {cold_start * 1000:.0f} ms")
+
+
+async def _has_status(registry, endpoint_id, status) -> bool:
+    return (await registry.get_endpoint(endpoint_id)).status is status
+
+
+async def _eq(aw, value) -> bool:
+    return (await aw) == value
+
+
+async def test_grows_to_max_under_queue_delay_and_serves_all(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_max=3)
+    ids = [(await store.submit(endpoint.id, job(1.0))).id for _ in range(12)]
+    peak = 0
+    async with running_scaler(registry, store, backend, scaler_settings):
+        async def all_done() -> bool:
+            nonlocal peak
+            peak = max(peak, await count(backend))
+            return [(await store.get(i)).status for i in ids] == [Status.COMPLETED] * len(ids)
+
+        await until(all_done, timeout=40, every=0.1)
+    assert peak == 3
+
+
+async def test_low_priority_jobs_do_not_wake_workers(env, store, scaler_settings) -> None:
+    from serverless.model import Policy
+
+    registry, backend = env
+    endpoint = await make_endpoint(registry)
+    rec = await store.submit(endpoint.id, job(policy=Policy(lowPriority=True)))
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await asyncio.sleep(1.0)
+        assert await count(backend) == 0
+        assert (await store.get(rec.id)).status is Status.IN_QUEUE
+
+
+async def test_pause_keeps_jobs_queued_and_resume_serves_them(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await until(lambda: _eq(count(backend), 1))
+        await registry.put_endpoint(msgspec.structs.replace(endpoint, paused=True))
+        await until(lambda: _eq(count(backend), 0))
+        assert (await registry.get_endpoint(endpoint.id)).status is EndpointStatus.PAUSED
+        rec = await store.submit(endpoint.id, job())
+        await asyncio.sleep(0.5)
+        assert (await store.get(rec.id)).status is Status.IN_QUEUE and await count(backend) == 0
+        await registry.put_endpoint(endpoint)  # resume
+        assert (await store.wait(rec.id, 20)).status is Status.COMPLETED
+
+
+async def test_scale_to_zero_beats_min_until_next_job(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await until(lambda: _eq(count(backend), 1))
+        await registry.request_scale_to_zero(endpoint.id)
+        await until(lambda: _eq(count(backend), 0))
+        assert (await registry.get_endpoint(endpoint.id)).status is EndpointStatus.SCALED_TO_ZERO
+        rec = await store.submit(endpoint.id, job())
+        assert (await store.wait(rec.id, 20)).status is Status.COMPLETED
+        assert endpoint.id not in await registry.scale_to_zero_requested()
+        await asyncio.sleep(1.5)
+        assert await count(backend) == 1  # back to workers_min
+
+
+async def test_update_rolls_workers_without_dropping_in_flight_jobs(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await until(lambda: _eq(count(backend), 1))
+        long_job = await store.submit(endpoint.id, job(1.5))
+        await until(lambda: _status(store, long_job.id, Status.IN_PROGRESS))
+        await registry.put_endpoint(msgspec.structs.replace(endpoint, version=2))
+        done = await store.wait(long_job.id, 20)
+        assert done.status is Status.COMPLETED and msgspec.json.decode(done.output)["version"] == "1"
+
+        async def only_v2() -> bool:
+            handles = [h for h in await backend.list() if h.running]
+            return bool(handles) and all(h.version == 2 for h in handles)
+
+        await until(only_v2, timeout=20)
+        after = await store.submit(endpoint.id, job())
+        assert msgspec.json.decode((await store.wait(after.id, 20)).output)["version"] == "2"
+
+
+async def _status(store, job_id, status) -> bool:
+    return (await store.get(job_id)).status is status
+
+
+async def test_restarted_scaler_adopts_workers_instead_of_duplicating(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=2)
+    async with running_scaler(registry, store, backend, scaler_settings, ident="first"):
+        await until(lambda: _eq(count(backend), 2))
+    before = sorted(h.worker_id for h in await backend.list())
+    fresh_backend = ProcessBackend(scaler_settings.redis_url)  # a new process: nothing in memory
+    await store.redis.delete("podq:scaler:leader")  # the first scaler's lease would block 5 s
+    async with running_scaler(registry, store, fresh_backend, scaler_settings, ident="second"):
+        await asyncio.sleep(1.0)
+        after = sorted(h.worker_id for h in await fresh_backend.list())
+    assert after == before and len(after) == 2
+    assert endpoint.workers_min == 2
+
+
+async def test_two_scalers_one_leader_never_double_spawn(env, store, scaler_settings) -> None:
+    registry, backend = env
+    await make_endpoint(registry, workers_min=2)
+    other = ProcessBackend(scaler_settings.redis_url)
+    async with running_scaler(registry, store, backend, scaler_settings, ident="a") as a, \
+            running_scaler(registry, store, other, scaler_settings, ident="b") as b:
+        await until(lambda: _eq(count(backend), 2))
+        await asyncio.sleep(1.0)
+        assert await count(backend) == 2
+        assert [a.leader.leading, b.leader.leading].count(True) == 1
+
+
+async def test_unhealthy_worker_is_replaced_and_its_job_recovered(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        (first,) = await until(lambda: _running(backend, 1))
+        rec = await store.submit(endpoint.id, job(0.5))
+        await until(lambda: _status(store, rec.id, Status.IN_PROGRESS))
+        os.kill(int(first.ref), signal.SIGSTOP)  # hung: no heartbeats, lease runs out
+        try:
+            done = await store.wait(rec.id, 30)
+            assert done.status is Status.COMPLETED
+            assert msgspec.json.decode(done.output)["worker"] != first.worker_id
+            await until(lambda: _gone(backend, first.worker_id), timeout=20)
+        finally:
+            try:
+                os.kill(int(first.ref), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+async def _running(backend, n: int):
+    handles = [h for h in await backend.list() if h.running]
+    return handles if len(handles) == n else None
+
+
+async def _gone(backend, worker_id: str) -> bool:
+    return all(h.worker_id != worker_id for h in await backend.list())
+
+
+async def test_crash_loop_backs_off_and_reports_failed(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, handler="crash.py", workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings) as scaler:
+        async def failing() -> bool:
+            e = await registry.get_endpoint(endpoint.id)
+            return e.status is EndpointStatus.FAILED and "keep failing" in e.status_reason
+
+        await until(failing, timeout=20)
+        await asyncio.sleep(3)
+        assert scaler.backoff.failures[endpoint.id] >= 2
+    logs = list(Path(backend.log_dir).glob("*.log"))
+    assert any("model weights not found" in p.read_text() for p in logs)
+    # backoff 0.5, 1, 2, 4 s...: a handful of starts, not one per 0.1 s tick
+    assert 2 <= len(logs) <= 6
+
+
+async def test_endpoint_needing_a_gpu_on_a_cpu_host_fails_clearly(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, gpu_ids="HOPPER_141", workers_min=1)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        async def failed() -> EndpointConfig | None:
+            e = await registry.get_endpoint(endpoint.id)
+            return e if e.status is EndpointStatus.FAILED else None
+
+        e = await until(failed)
+    assert "this host has no GPU" in e.status_reason and await count(backend) == 0
+
+
+async def test_request_count_scaler(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, scaler_type=ScalerType.REQUEST_COUNT, scaler_value=2, workers_max=3)
+    ids = [(await store.submit(endpoint.id, job(1.0))).id for _ in range(4)]  # ceil(4 / 2) = 2
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await until(lambda: _eq(count(backend), 2))
+        await asyncio.sleep(0.3)
+        assert await count(backend) == 2
+        for i in ids:
+            assert (await store.wait(i, 20)).status is Status.COMPLETED
+
+
+async def test_endpoint_execution_timeout_applies_to_jobs_without_a_policy(env, store, scaler_settings) -> None:
+    registry, backend = env
+    endpoint = await make_endpoint(registry, execution_timeout_ms=300)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        rec = await store.submit(endpoint.id, job(5))
+        done = await store.wait(rec.id, 20)
+    assert done.status is Status.TIMED_OUT and "executionTimeout of 300 ms" in done.error

@@ -1,0 +1,89 @@
+"""reconcile: desired vs listed workers -> Start | Stop, and the endpoint status."""
+
+from __future__ import annotations
+
+from scaler.backends.base import WorkerHandle
+from scaler.reconcile import Health, Start, Stop, Timing, health, reconcile
+from serverless.model import EndpointConfig, EndpointStatus, WorkerBeat, WorkerState
+
+NOW = 1_000_000
+T = Timing(stale_after_ms=6_000, ready_timeout_ms=60_000)
+
+
+def ep(**kw) -> EndpointConfig:
+    return EndpointConfig(**{"id": "e", "name": "e", "template_id": "t", "idle_timeout": 5, **kw})
+
+
+def w(wid: str, state: str | None = "idle", version: int = 1, idle_for_s: float = 0, running=True,
+      age_s: float = 100, silent_s: float = 0) -> tuple[WorkerHandle, WorkerBeat | None]:
+    handle = WorkerHandle(worker_id=wid, endpoint_id="e", version=version, ref=wid, running=running,
+                          started_at=NOW - int(age_s * 1000))
+    if state is None:
+        return handle, None
+    beat = WorkerBeat(id=wid, endpoint="e", state=WorkerState(state), seen_at=NOW - int(silent_s * 1000),
+                      idle_since=NOW - int(idle_for_s * 1000) if state == "idle" else 0)
+    return handle, beat
+
+
+def stopped(plan) -> list[str]:
+    return sorted(a.handle.worker_id for a in plan.actions if isinstance(a, Stop))
+
+
+def started(plan) -> int:
+    return sum(a.count for a in plan.actions if isinstance(a, Start))
+
+
+def test_health_states() -> None:
+    assert health(*w("a", None, age_s=5), NOW, T) is Health.STARTING
+    assert health(*w("a", None, age_s=120), NOW, T) is Health.UNHEALTHY  # never became ready
+    assert health(*w("a", "idle", silent_s=30), NOW, T) is Health.UNHEALTHY  # heartbeat stopped
+    assert health(*w("a", "running", running=False), NOW, T) is Health.DEAD
+    assert health(*w("a", "running"), NOW, T) is Health.RUNNING
+
+
+def test_start_what_is_missing() -> None:
+    plan = reconcile(ep(), 2, [w("a")], NOW, T)
+    assert started(plan) == 1 and stopped(plan) == [] and plan.status is EndpointStatus.RUNNING
+
+
+def test_starting_workers_count_so_nothing_is_double_started() -> None:
+    plan = reconcile(ep(), 2, [w("a", None, age_s=1), w("b", None, age_s=1)], NOW, T)
+    assert started(plan) == 0 and plan.status is EndpointStatus.INITIALIZING
+
+
+def test_dead_and_unhealthy_are_stopped_and_replaced() -> None:
+    plan = reconcile(ep(), 2, [w("a", running=False), w("b", silent_s=60), w("c")], NOW, T)
+    assert stopped(plan) == ["a", "b"] and started(plan) == 1
+
+
+def test_only_workers_idle_past_idle_timeout_go_longest_idle_first() -> None:
+    workers = [w("busy", "running"), w("fresh", idle_for_s=1), w("old", idle_for_s=30), w("older", idle_for_s=60)]
+    assert stopped(reconcile(ep(), 1, workers, NOW, T)) == ["old", "older"]
+    assert stopped(reconcile(ep(), 3, workers, NOW, T)) == ["older"]
+
+
+def test_rolling_update_stops_old_version_once_new_ones_are_ready() -> None:
+    endpoint = ep(version=2)
+    starting = reconcile(endpoint, 1, [w("old", "running", version=1)], NOW, T)
+    assert started(starting) == 1 and stopped(starting) == []  # surge first, old keeps serving
+    waiting = reconcile(endpoint, 1, [w("old", "running", version=1), w("new", None, version=2, age_s=1)], NOW, T)
+    assert started(waiting) == 0 and stopped(waiting) == []
+    rolled = reconcile(endpoint, 1, [w("old", "running", version=1), w("new", "idle", version=2)], NOW, T)
+    assert stopped(rolled) == ["old"]  # it drains its in-flight job before exiting
+
+
+def test_pause_or_scale_to_zero_stops_everyone() -> None:
+    plan = reconcile(ep(paused=True), 0, [w("a", "running"), w("b")], NOW, T, force_zero=True)
+    assert stopped(plan) == ["a", "b"] and plan.status is EndpointStatus.PAUSED
+    plan = reconcile(ep(), 0, [w("a")], NOW, T, force_zero=True)
+    assert plan.status is EndpointStatus.SCALED_TO_ZERO
+
+
+def test_no_workers_and_none_wanted_is_scaled_to_zero() -> None:
+    assert reconcile(ep(), 0, [], NOW, T).status is EndpointStatus.SCALED_TO_ZERO
+
+
+def test_a_worker_loading_its_model_is_not_unhealthy_until_the_ready_timeout() -> None:
+    loading = w("a", "initializing", silent_s=50, age_s=50)
+    assert health(*loading, NOW, T) is Health.STARTING
+    assert health(*w("a", "initializing", silent_s=70, age_s=70), NOW, T) is Health.UNHEALTHY

@@ -1,0 +1,57 @@
+"""`podq dev`: one command brings up Redis, the gateway and workers; Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serverless.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_podq_dev_serves_example_and_stops_cleanly() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODQ_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serverless.cli", "dev", "examples/stream/handler.py",
+         "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        banner = ""
+        deadline = time.monotonic() + 30
+        while "Ctrl-C" not in banner and time.monotonic() < deadline:
+            banner += proc.stdout.readline()
+        key = re.search(r"API key: (\S+)", banner).group(1)
+        assert f"http://127.0.0.1:{port}/v2/stream/runsync" in banner
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/v2/stream", headers=headers, timeout=30) as c:
+            body = c.post("/runsync", json={"input": {"prompt": "one two", "delay": 0}}).json()
+            assert body["status"] == "COMPLETED"
+            assert body["output"] == [{"token": "one"}, {"token": "two"}]
+            for _ in range(50):  # both workers have registered
+                if c.get("/health").json()["workers"]["idle"] == 2:
+                    break
+                time.sleep(0.1)
+            assert c.get("/health").json()["workers"]["idle"] == 2
+            assert c.get("/health", headers={"Authorization": "wrong"}).status_code == 401
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 3  # redis-server and two workers
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=40) == 0
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

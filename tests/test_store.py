@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from serverless.codec import run_request_decoder
+from serverless.errors import BadRequest, Conflict, NotFound
+from serverless.model import Policy, RunRequest, Status
+from serverless.store import JobStore
+
+
+def req(payload: object = None, **kw: object) -> RunRequest:
+    return RunRequest(input=msgspec.Raw(msgspec.json.encode(payload or {"x": 1})), **kw)
+
+
+async def test_submit_take_complete_roundtrip(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req({"prompt": "hi"}))
+    assert rec.status is Status.IN_QUEUE and rec.id.endswith("-u1")
+    taken = await store.take(endpoint, "w1")
+    assert taken is not None and taken.id == rec.id and taken.attempt == 1
+    assert msgspec.json.decode(taken.input) == {"prompt": "hi"}
+    got = await store.get(rec.id)
+    assert got.status is Status.IN_PROGRESS and got.worker_id == "w1"
+    res = await store.finish(rec.id, 1, Status.COMPLETED, output=b'{"ok":true}')
+    assert res.outcome == "ok"
+    done = await store.get(rec.id)
+    assert done.status is Status.COMPLETED
+    assert msgspec.json.decode(done.output) == {"ok": True}
+    assert done.finished_at is not None
+    ttl = await store.redis.pttl(f"podq:job:{rec.id}")
+    assert 0 < ttl <= store.settings.result_ttl_run_ms
+
+
+async def test_sync_jobs_get_sync_ids_and_short_retention(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req(), sync=True)
+    assert rec.id.startswith("sync-") and rec.id.endswith("-e1")
+    taken = await store.take(endpoint, "w")
+    await store.finish(taken.id, taken.attempt, Status.COMPLETED, output=b"1")
+    assert 0 < await store.redis.pttl(f"podq:job:{rec.id}") <= store.settings.result_ttl_sync_ms
+
+
+async def test_duplicate_id_is_refused(store: JobStore, endpoint: str) -> None:
+    await store.submit(endpoint, req(), job_id="same")
+    with pytest.raises(Conflict, match="already exists"):
+        await store.submit(endpoint, req(), job_id="same")
+
+
+async def test_bad_ids_are_refused_not_injected(store: JobStore) -> None:
+    with pytest.raises(BadRequest, match="invalid endpoint id"):
+        await store.submit("a b", req())
+    assert await store.get("../../etc") is None
+    assert await store.cancel("x y") is None
+
+
+async def test_fenced_finish_rejects_stale_attempt(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    first = await store.take(endpoint, "w1")
+    # lease runs out: the reaper gives the job to another worker
+    assert await store.reap(endpoint, now=first_deadline_passed()) == (1, 0)
+    second = await store.take(endpoint, "w2")
+    assert second.attempt == 2
+    stale = await store.finish(rec.id, first.attempt, Status.COMPLETED, output=b'"late"')
+    assert stale.outcome == "stale"
+    assert (await store.finish(rec.id, second.attempt, Status.COMPLETED, output=b'"new"')).outcome == "ok"
+    assert bytes((await store.get(rec.id)).output) == b'"new"'
+    assert (await store.health(endpoint)).jobs.retried == 1
+
+
+def first_deadline_passed() -> int:
+    import time
+
+    return int(time.time() * 1000) + 60_000
+
+
+async def test_lease_loss_after_last_attempt_fails_with_clear_error(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    for _ in range(store.settings.max_attempts):
+        assert await store.take(endpoint, "w") is not None
+        await store.reap(endpoint, now=first_deadline_passed())
+    final = await store.get(rec.id)
+    assert final.status is Status.FAILED
+    assert "worker lost during attempt 3" in final.error
+    assert (await store.health(endpoint)).jobs.retried == 2
+
+
+async def test_renew_keeps_lease_and_reports_lost(store: JobStore, endpoint: str) -> None:
+    a = await store.submit(endpoint, req())
+    b = await store.submit(endpoint, req())
+    ta = await store.take(endpoint, "w")
+    tb = await store.take(endpoint, "w")
+    await store.cancel(b.id)
+    lost = await store.renew(endpoint, {ta.id: ta.attempt, tb.id: tb.attempt})
+    assert lost == [b.id]
+
+
+async def test_cancel_queued_removes_at_once(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    cancelled = await store.cancel(rec.id)
+    assert cancelled.status is Status.CANCELLED
+    assert await store.take(endpoint, "w") is None
+    assert (await store.health(endpoint)).jobs.inQueue == 0
+
+
+async def test_cancel_running_tells_worker_and_fences_result(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    taken = await store.take(endpoint, "w")
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(f"podq:ep:{endpoint}:cancel")
+    await pubsub.get_message(timeout=1)
+    assert (await store.cancel(rec.id)).status is Status.CANCELLED
+    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert msg["data"] == rec.id.encode()
+    await pubsub.aclose()
+    assert (await store.finish(rec.id, taken.attempt, Status.COMPLETED, output=b"1")).outcome == "refused"
+    assert (await store.get(rec.id)).status is Status.CANCELLED
+
+
+async def test_cancel_finished_and_unknown(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    t = await store.take(endpoint, "w")
+    await store.finish(rec.id, t.attempt, Status.COMPLETED, output=b"1")
+    assert (await store.cancel(rec.id)).status is Status.COMPLETED
+    assert await store.cancel("no-such-job") is None
+
+
+async def test_retry_only_failed_or_timed_out(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req({"v": 7}))
+    with pytest.raises(Conflict, match="only FAILED or TIMED_OUT"):
+        await store.retry(rec.id)
+    t = await store.take(endpoint, "w")
+    await store.append_chunks(rec.id, t.attempt, [b"1"])
+    await store.finish(rec.id, t.attempt, Status.FAILED, error="boom")
+    again = await store.retry(rec.id)
+    assert again.status is Status.IN_QUEUE and again.error is None and again.id == rec.id
+    t2 = await store.take(endpoint, "w")
+    assert t2.id == rec.id and msgspec.json.decode(t2.input) == {"v": 7} and t2.attempt == 2
+    assert await store.read_chunks(rec.id) == []
+    with pytest.raises(NotFound):
+        await store.retry("missing-job")
+
+
+async def test_ttl_expiry_before_start_times_out(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req(policy=Policy(ttl=1)))
+    await asyncio.sleep(0.01)
+    got = await store.get(rec.id)
+    assert got.status is Status.TIMED_OUT and "ttl of 1 ms" in got.error
+    other = await store.submit(endpoint, req(policy=Policy(ttl=1)))
+    await asyncio.sleep(0.01)
+    assert await store.take(endpoint, "w") is None
+    assert (await store.get(other.id)).status is Status.TIMED_OUT
+
+
+async def test_purge_removes_queued_only(store: JobStore, endpoint: str) -> None:
+    running = await store.submit(endpoint, req())
+    await store.take(endpoint, "w")
+    queued = [await store.submit(endpoint, req()) for _ in range(5)]
+    assert await store.purge(endpoint) == 5
+    assert (await store.get(running.id)).status is Status.IN_PROGRESS
+    assert [(await store.get(q.id)).status for q in queued] == [Status.CANCELLED] * 5
+    h = await store.health(endpoint)
+    assert (h.jobs.inQueue, h.jobs.inProgress) == (0, 1)
+
+
+async def test_low_priority_goes_after_normal(store: JobStore, endpoint: str) -> None:
+    low = await store.submit(endpoint, req(policy=Policy(lowPriority=True)))
+    normal = await store.submit(endpoint, req())
+    assert (await store.take(endpoint, "w")).id == normal.id
+    assert (await store.take(endpoint, "w")).id == low.id
+
+
+async def test_progress_visible_then_replaced_by_result(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    t = await store.take(endpoint, "w")
+    assert await store.progress(rec.id, t.attempt, b'"50%"')
+    assert bytes((await store.get(rec.id)).output) == b'"50%"'
+    await store.finish(rec.id, t.attempt, Status.COMPLETED, output=b'"done"')
+    assert not await store.progress(rec.id, t.attempt, b'"late"')
+    assert bytes((await store.get(rec.id)).output) == b'"done"'
+
+
+async def test_chunks_in_order_and_drain_cursor(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    t = await store.take(endpoint, "w")
+    assert await store.append_chunks(rec.id, t.attempt, [b"1", b"2"])
+    assert await store.append_chunks(rec.id, t.attempt, [b"3"])
+    chunks = await store.read_chunks(rec.id)
+    assert [bytes(c.output) for c in chunks] == [b"1", b"2", b"3"]
+    assert [bytes(c.output) for c in await store.read_chunks(rec.id, chunks[0].cursor)] == [b"2", b"3"]
+    status, first = await store.drain_chunks(rec.id)
+    assert status is Status.IN_PROGRESS and len(first) == 3
+    assert await store.append_chunks(rec.id, t.attempt, [b"4"])
+    _, second = await store.drain_chunks(rec.id)
+    assert [bytes(c.output) for c in second] == [b"4"]
+    assert not await store.append_chunks(rec.id, t.attempt + 1, [b"x"])
+
+
+async def test_wait_wakes_on_finish_without_polling(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    t = await store.take(endpoint, "w")
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(0.05)
+        await store.finish(rec.id, t.attempt, Status.COMPLETED, output=b"1")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(finish_soon())
+    done = await store.wait(rec.id, timeout_s=5)
+    elapsed = loop.time() - started
+    await task
+    assert done.status is Status.COMPLETED
+    assert elapsed < 0.5  # woken by the doorbell, not the 1 s safety re-read
+
+
+async def test_wait_times_out_with_current_record(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    got = await store.wait(rec.id, timeout_s=0.1)
+    assert got.status is Status.IN_QUEUE
+
+
+async def test_health_counts(store: JobStore, endpoint: str) -> None:
+    for _ in range(3):
+        await store.submit(endpoint, req())
+    a = await store.take(endpoint, "w")
+    b = await store.take(endpoint, "w")
+    await store.finish(a.id, a.attempt, Status.COMPLETED, output=b"1")
+    await store.finish(b.id, b.attempt, Status.FAILED, error="x")
+    await store.take(endpoint, "w")
+    h = await store.health(endpoint)
+    assert msgspec.to_builtins(h.jobs) == {
+        "completed": 1, "failed": 1, "inProgress": 1, "inQueue": 0, "retried": 0,
+    }
+
+
+def test_request_decoder_keeps_input_raw() -> None:
+    r = run_request_decoder.decode(b'{"input": {"a": [1, 2]}, "policy": {"ttl": 5000}}')
+    assert bytes(r.input) == b'{"a": [1, 2]}' and r.policy.ttl == 5000

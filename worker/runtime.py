@@ -1,0 +1,281 @@
+"""Worker: take a job, run the handler under its timeout and cancel signal, report; drain on SIGTERM.
+
+The take loop never polls on a timer: with a free slot it takes from the queue (one Lua call),
+and when the queue is empty it blocks on the endpoint's doorbell, which every submit rings, so
+an idle worker starts a new job within a Redis round trip of its submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from serverless import nvml
+from serverless.codec import encode_json
+from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
+from serverless.queue import wait_for_work
+from serverless.settings import Settings
+from serverless.store import JobStore, now_ms
+from worker import handlers, heartbeat, results
+from worker.config import HandlerConfig
+from worker.reporter import Reporter
+from worker.results import Outcome
+
+log = logging.getLogger("podq.worker")
+
+_current: Worker | None = None
+
+
+def current() -> Worker | None:
+    """The worker running in this process, if any (used by progress_update)."""
+    return _current
+
+
+class ActiveJob:
+    __slots__ = ("task", "reporter", "released")
+
+    def __init__(self, task: asyncio.Task[None], reporter: Reporter) -> None:
+        self.task, self.reporter, self.released = task, reporter, False
+
+
+class Worker:
+    def __init__(
+        self, config: HandlerConfig, store: JobStore, blocking: Redis, settings: Settings,
+        endpoint: str, worker_id: str,
+    ) -> None:
+        self.config, self.store, self.blocking = config, store, blocking
+        self.settings, self.endpoint, self.worker_id = settings, endpoint, worker_id
+        self.active: dict[str, ActiveJob] = {}
+        self.concurrency = 1
+        self.refresh_requested = False
+        self.started_at = now_ms()
+        self.idle_since = self.started_at
+        self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="podq-handler")
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve jobs until stopped, then drain."""
+        global _current
+        _current = self
+        interval = self.settings.heartbeat_ms / 1000
+        duties = [
+            heartbeat.every(interval, self._renew),
+            heartbeat.every(interval, self._beat),
+            heartbeat.every(interval, self._reap),
+            heartbeat.watch_cancels(self.store.redis, self.endpoint, self.stop_job),
+        ]
+        tasks = [asyncio.create_task(d) for d in duties]
+        log.info("worker %s serving endpoint %s", self.worker_id, self.endpoint)
+        try:
+            await self._take_loop()
+            await self._drain()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._deregister()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            _current = None
+
+    def request_stop(self, *, refresh: bool = False) -> None:
+        """Stop taking jobs; in-flight jobs get the grace period (SIGTERM, refresh_worker)."""
+        self.refresh_requested = self.refresh_requested or refresh
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop)
+
+    def stop_job(self, job_id: str) -> None:
+        """Stop a running job whose result no longer counts (cancelled, or lease lost)."""
+        active = self.active.get(job_id)
+        if active is not None:
+            log.info("job %s: stopping (cancelled or lease lost)", job_id)
+            active.task.cancel()
+
+    def progress(self, job_id: str, data: Any) -> None:
+        """progress_update from a handler: from any thread, ordered before the final result."""
+        active = self.active.get(job_id)
+        if active is None:
+            log.warning("progress_update for job %s, which this worker is not running", job_id)
+            return
+        payload = encode_json(data)
+        if threading.get_ident() == self._loop_thread:
+            active.reporter.progress(payload)
+        else:
+            self._loop.call_soon_threadsafe(active.reporter.progress, payload)
+
+    # ---- taking -------------------------------------------------------------------------
+
+    async def _take_loop(self) -> None:
+        while not self._stopping.is_set():
+            self.concurrency = self.config.next_concurrency(self.concurrency)
+            if len(self.active) >= self.concurrency:
+                self._slot_free.clear()
+                await _first(self._slot_free.wait(), self._stopping.wait())
+                continue
+            try:
+                taken = await self.store.take(self.endpoint, self.worker_id)
+                if taken is None:
+                    await _first(
+                        wait_for_work(self.blocking, self.endpoint, 1.0), self._stopping.wait()
+                    )
+                    continue
+            except (RedisError, OSError) as e:
+                log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
+                await asyncio.sleep(0.5)
+                continue
+            self._start(taken)
+
+    def _start(self, taken: TakenJob) -> None:
+        reporter = Reporter(self.store, taken.id, taken.attempt)
+        task = asyncio.create_task(self._run_job(taken, reporter), name=f"job-{taken.id}")
+        self.active[taken.id] = ActiveJob(task, reporter)
+        task.add_done_callback(lambda _: self._job_done(taken.id))
+
+    def _job_done(self, job_id: str) -> None:
+        self.active.pop(job_id, None)
+        if not self.active:
+            self.idle_since = now_ms()
+        self._slot_free.set()
+
+    # ---- running ------------------------------------------------------------------------
+
+    async def _run_job(self, taken: TakenJob, reporter: Reporter) -> None:
+        started = time.perf_counter()
+        timeout_ms = taken.execution_timeout_ms or self.settings.execution_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                outcome = await self._execute(job_dict(taken), reporter)
+        except TimeoutError:
+            outcome = results.timed_out(timeout_ms)
+        except asyncio.CancelledError:
+            await self._after_stop(taken, reporter)
+            return
+        result = await reporter.finish(outcome)
+        written = "written" if result is not None and result.outcome == "ok" else "rejected (stale)"
+        log.info("%6.3fs job %s attempt %d -> %s, result %s", time.perf_counter() - started,
+                 taken.id, taken.attempt, outcome.status, written)
+        if outcome.refresh or self.config.refresh_worker:
+            self.request_stop(refresh=True)
+
+    async def _execute(self, job: dict[str, Any], reporter: Reporter) -> Outcome:
+        aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
+        streaming = handlers.is_streaming(self.config.handler)
+        try:
+            async for item in handlers.run(self.config.handler, job, self._pool):
+                if isinstance(item, handlers.Return):
+                    return results.from_stream(aggregate) if streaming else results.from_return(item.value)
+                failed = await self._stream(item.value, reporter, aggregate)
+                if failed is not None:
+                    return failed
+        except Exception as e:
+            return results.from_exception(e, self.worker_id)
+        return results.from_stream(aggregate)
+
+    async def _stream(self, item: Any, reporter: Reporter, aggregate: list[bytes] | None) -> Outcome | None:
+        error = results.chunk_error(item)
+        if error is not None:
+            return Outcome(Status.FAILED, error=error)
+        data = results.encode_chunk(item)
+        if isinstance(data, Outcome):
+            return data
+        if len(data) > self.settings.max_chunk_bytes:
+            return results.chunk_too_large(len(data), self.settings.max_chunk_bytes)
+        await reporter.chunk(data)
+        if aggregate is not None:
+            aggregate.append(data)
+        return None
+
+    async def _after_stop(self, taken: TakenJob, reporter: Reporter) -> None:
+        """The job task was cancelled: by the client, a lost lease, or a drain past grace."""
+        active = self.active.get(taken.id)
+        reporter.abandon()
+        if active is not None and active.released:
+            ok = await self.store.requeue(taken.id, taken.attempt)
+            log.info("job %s: handed back to the queue on shutdown (%s)", taken.id,
+                     "requeued" if ok else "already moved on")
+
+    # ---- duties -------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        attempts = {job_id: a.reporter.attempt for job_id, a in self.active.items()}
+        for job_id in await self.store.renew(self.endpoint, attempts):
+            self.stop_job(job_id)
+
+    async def _beat(self) -> None:
+        await self.store.beat(self.beat())
+
+    async def _reap(self) -> None:
+        requeued, failed = await self.store.reap(self.endpoint)
+        if requeued or failed:
+            log.warning("reaped jobs of lost workers on %s: %d requeued, %d failed",
+                        self.endpoint, requeued, failed)
+
+    def beat(self) -> WorkerBeat:
+        return WorkerBeat(
+            id=self.worker_id, endpoint=self.endpoint,
+            state=WorkerState.RUNNING if self.active else WorkerState.IDLE,
+            jobs=sorted(self.active), concurrency=self.concurrency,
+            gpus=nvml.gpus(os.environ.get("CUDA_VISIBLE_DEVICES")),
+            pid=os.getpid(), host=socket.gethostname(), seen_at=now_ms(), started_at=self.started_at,
+            idle_since=0 if self.active else self.idle_since, version=self.version,
+        )
+
+    async def _drain(self) -> None:
+        """Let in-flight jobs finish within the grace period; requeue the rest."""
+        if not self.active:
+            return
+        grace = self.settings.grace_period_s
+        log.info("draining %d job(s), grace %.1f s", len(self.active), grace)
+        tasks = [a.task for a in self.active.values()]
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for active in list(self.active.values()):
+            active.released = True
+            active.task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    async def _deregister(self) -> None:
+        try:
+            await self.store.remove_worker(self.endpoint, self.worker_id)
+        except (RedisError, OSError) as e:
+            log.warning("could not remove worker %s from the registry: %s", self.worker_id, e)
+
+
+def job_dict(taken: TakenJob) -> dict[str, Any]:
+    """The job as a RunPod handler receives it: {"id", "input"} plus webhook / s3Config."""
+    job: dict[str, Any] = {"id": taken.id, "input": msgspec.json.decode(taken.input)}
+    if taken.webhook:
+        job["webhook"] = taken.webhook
+    if taken.s3_config is not None:
+        job["s3Config"] = msgspec.json.decode(taken.s3_config)
+    return job
+
+
+async def _first(*aws: Any) -> None:
+    """Wait for the first of several awaitables; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
