@@ -1,7 +1,8 @@
 """The scaler's control loop: every tick, observe, decide, act (the Kubernetes controller model).
 
 observe: the registry's endpoints, each endpoint's queue statistics and worker heartbeats from
-         Redis, and the workers every backend lists;
+         Redis, and the workers every backend lists (first requeueing jobs whose lease ran out,
+         so a hung endpoint's only worker cannot hold its job until a replacement boots);
 decide:  policy.desired_workers (how many) and reconcile.reconcile (which to start and stop);
 act:     backend.start / backend.stop, and the endpoint's status in the registry.
 Nothing is remembered between ticks except actions in flight (stops still draining) and the
@@ -133,6 +134,10 @@ class Scaler:
                                            f"backend {endpoint.backend!r} is not enabled in this scaler; "
                                            f"use one of {', '.join(sorted(self.backends))}")
             return
+        requeued, failed = await self.store.reap(endpoint.id, now)
+        if requeued or failed:
+            log.warning("reaped jobs of lost workers on %s: %d requeued, %d failed",
+                        endpoint.id, requeued, failed)
         queue = await self.store.queue_stats(endpoint.id, now)
         if zero_requested and (queue.in_queue or queue.in_progress):
             await self.registry.clear_scale_to_zero(endpoint.id)  # a job woke it up

@@ -33,9 +33,11 @@ def scaler_settings(redis_url: str) -> Settings:
 async def env(scaler_settings: Settings, store: JobStore, tmp_path: Path):
     registry = Registry(store.redis)
     backend = ProcessBackend(scaler_settings.redis_url, log_dir=str(tmp_path))
-    os.environ["PODQ_HEARTBEAT_MS"] = "200"
+    worker_env = {"PODQ_HEARTBEAT_MS": "200", "PODQ_LEASE_MS": "2000"}
+    os.environ.update(worker_env)
     yield registry, backend
-    os.environ.pop("PODQ_HEARTBEAT_MS", None)
+    for name in worker_env:
+        os.environ.pop(name, None)
     for handle in await backend.list():
         await backend.stop(handle, 0.5)
 
@@ -222,8 +224,8 @@ async def test_unhealthy_worker_is_replaced_and_its_job_recovered(env, store, sc
         await until(lambda: _status(store, rec.id, Status.IN_PROGRESS))
         os.kill(int(first.ref), signal.SIGSTOP)  # hung: no heartbeats, lease runs out
         try:
-            done = await store.wait(rec.id, 30)
-            assert done.status is Status.COMPLETED
+            done = await store.wait(rec.id, 60)
+            assert done.status is Status.COMPLETED, _worker_logs(backend)
             assert msgspec.json.decode(done.output)["worker"] != first.worker_id
             await until(lambda: _gone(backend, first.worker_id), timeout=20)
         finally:
@@ -231,6 +233,24 @@ async def test_unhealthy_worker_is_replaced_and_its_job_recovered(env, store, sc
                 os.kill(int(first.ref), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _worker_logs(backend: ProcessBackend) -> str:
+    """What the workers printed, for the failure message of a test that waited on them."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(Path(backend.log_dir).glob("*.log")))
+
+
+async def test_scaler_requeues_a_job_whose_worker_lost_its_lease(env, store, scaler_settings) -> None:
+    """With no live worker to reap it, the control plane puts a lost job back in the queue."""
+    registry, backend = env
+    endpoint = await make_endpoint(registry, paused=True)  # no worker may start and take it
+    rec = await store.submit(endpoint.id, job(0))
+    short = JobStore(store.redis, Settings(redis_url=scaler_settings.redis_url, lease_ms=100))
+    assert (await short.take(endpoint.id, "w-gone")).id == rec.id
+    await asyncio.sleep(0.2)
+    async with running_scaler(registry, store, backend, scaler_settings):
+        await until(lambda: _status(store, rec.id, Status.IN_QUEUE), timeout=5)
+    assert (await store.queue_stats(endpoint.id)).in_queue == 1
 
 
 async def _running(backend, n: int):
