@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench redis-server clean
+.PHONY: dev test bench bench-quick redis-server clean
+BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,17 @@ test: $(STAMP) redis-server
 dev: $(STAMP) redis-server
 	$(BIN)/podq dev examples/stream/handler.py --endpoint stream --workers 2
 
-bench: $(STAMP) redis-server
-	$(BIN)/python bench/store_roundtrip.py
+# The peers (Celery, SAQ, Dramatiq, arq, RunPod's dev server) and matplotlib come with '.[bench]'.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Every scenario against its peers -> bench/results/REPORT.md and PNG charts (BENCH_ARGS=--docker ...)
+bench: $(BENCH_STAMP) redis-server
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) redis-server
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -118,7 +118,7 @@ def draw(chart: Chart, out_dir: Path) -> Path | None:
         if chart.kind == "cdf":
             xs = sorted(values)  # type: ignore[type-var]
             ys = [(i + 1) / len(xs) * 100 for i in range(len(xs))]
-            ax.plot(xs, ys, label=label)
+            ax.step([xs[0], *xs], [0.0, *ys], where="post", label=label)
         else:
             xs, ys = zip(*values)  # type: ignore[misc]
             ax.plot(xs, ys, marker="o", label=label)

@@ -33,9 +33,9 @@ class Options:
 
 
 async def run_one(name: str, opts: Options) -> Section:
-    module = importlib.import_module(f"bench.scenarios.{name}")
     started = time.perf_counter()
     try:
+        module = importlib.import_module(f"bench.scenarios.{name}")
         section = await module.run(opts)
     except Exception:  # one broken scenario must not cost the rest of the report
         section = Section(title=name, description="this scenario failed in this run",
