@@ -33,7 +33,7 @@ def make_backends(names: list[str], settings: Settings) -> dict[str, Backend]:
 
 
 async def run_scaler(settings: Settings, backend_names: list[str], tick_s: float) -> None:
-    store = JobStore(await connect(settings.redis_url), settings)
+    store = JobStore(await connect(settings.redis_dsn), settings)
     backends = make_backends(backend_names, settings)
     scaler = Scaler(Registry(store.redis), store, backends, settings, tick_s=tick_s)
     stop = asyncio.Event()

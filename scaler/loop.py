@@ -196,7 +196,7 @@ class Scaler:
     def _spec(self, endpoint: EndpointConfig, template, gpu_uuids: list[str]) -> WorkerSpec:  # noqa: ANN001
         return WorkerSpec(
             endpoint_id=endpoint.id, worker_id=f"{endpoint.id}-{uuid.uuid4().hex[:8]}",
-            version=endpoint.version, redis_url=self.settings.redis_url, image=template.image_name,
+            version=endpoint.version, redis_url=self.settings.redis_dsn, image=template.image_name,
             command=shlex.split(template.docker_start_cmd) if template.docker_start_cmd else [],
             handler=template.handler, gpu_uuids=gpu_uuids,
             env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},

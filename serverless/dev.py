@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from serverless import logs
-from serverless.errors import PodqError
+from serverless.errors import PodqError, redact_url
 from serverless.gateway import GatewayOptions, start_gateway
 from serverless.redis_server import RedisProcess
 from serverless.settings import load_settings
@@ -45,7 +45,9 @@ class WorkerSupervisor:
     """Keeps N worker processes alive; a worker that exits is started again after a backoff."""
 
     def __init__(self, handler: str, endpoint: str, redis_url: str, count: int) -> None:
-        self.cmd = [sys.executable, "-m", "worker", handler, "--endpoint", endpoint, "--redis", redis_url]
+        # the URL goes in the environment, not argv: argv (and a password in it) shows in `ps`
+        self.cmd = [sys.executable, "-m", "worker", handler, "--endpoint", endpoint]
+        self.env = {**os.environ, "PODQ_REDIS_URL": redis_url}
         self.count = count
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
@@ -56,7 +58,7 @@ class WorkerSupervisor:
     async def _keep(self, index: int) -> None:
         backoff = 0.5
         while not self._stopping:
-            proc = subprocess.Popen([*self.cmd, "--worker-id", f"dev-{index}"])
+            proc = subprocess.Popen([*self.cmd, "--worker-id", f"dev-{index}"], env=self.env)
             self.procs[index] = proc
             code = await asyncio.to_thread(proc.wait)
             if self._stopping:
@@ -104,9 +106,9 @@ async def run_dev(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gateway = await start_gateway(settings, args.host, args.port, GatewayOptions(admin_key=key))
-    workers = WorkerSupervisor(args.handler, endpoint, settings.redis_url, args.workers)
+    workers = WorkerSupervisor(args.handler, endpoint, settings.redis_dsn, args.workers)
     supervising = asyncio.create_task(workers.run())
-    print(banner(gateway.url, endpoint, key, args.workers, settings.redis_url), flush=True)
+    print(banner(gateway.url, endpoint, key, args.workers, redact_url(settings.redis_url)), flush=True)
     try:
         await stop.wait()
     finally:

@@ -19,6 +19,8 @@ Each error's message says what happened, quotes the bad value and names the fix.
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 
 class PodqError(Exception):
     """Base class of every error podq raises on purpose."""
@@ -35,11 +37,12 @@ class RedisUnavailable(PodqError):
 
     status_code = 503
 
-    def __init__(self, url: str, cause: BaseException | None = None) -> None:
-        detail = f" ({cause})" if cause else ""
-        super().__init__(
-            f"Redis not reachable at {redact_url(url)}{detail}: start one or set PODQ_REDIS_URL"
-        )
+    def __init__(
+        self, url: str, cause: BaseException | None = None, *, problem: str = "not reachable",
+        fix: str = "start one or set PODQ_REDIS_URL",
+    ) -> None:
+        detail = f" ({redact_text(str(cause), url)})" if cause else ""
+        super().__init__(f"Redis {problem} at {redact_url(url)}{detail}: {fix}")
 
 
 class BadRequest(PodqError):
@@ -101,10 +104,23 @@ class EndpointTimeout(PodqError, TimeoutError):
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a redis:// URL so it can be logged."""
+    """Hide the password of a redis:// URL so it can be logged (the user name stays)."""
     scheme, sep, rest = url.partition("://")
+    rest, qmark, query = rest.partition("?")  # an `@` in the query is not a password's end
     if not sep or "@" not in rest:
         return url
     creds, _, host = rest.rpartition("@")
     user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{creds}@{host}"
+    masked = f"{user}:***" if ":" in creds else creds
+    return f"{scheme}://{masked}@{host}{qmark}{query}"
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` with the password of `url` (raw and percent-decoded) replaced by ***."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text

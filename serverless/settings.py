@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -17,7 +18,13 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # redis://[[user]:password@]host:port/db, rediss:// for TLS (query parameters: docs/security.md)
     redis_url: str = DEFAULT_REDIS_URL
+    # TLS files for a rediss:// URL: the CA to trust, and a client certificate + key when the
+    # server asks for one; the URL's ssl_ca_certs / ssl_certfile / ssl_keyfile win over these
+    redis_tls_ca: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None
     endpoint_id: str | None = None
     worker_id: str | None = None
     # lease a worker holds on a running job; renewed every heartbeat_ms
@@ -37,12 +44,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # webhooks to private / loopback addresses (refused by default: SSRF)
     webhook_allow_private: bool = False
 
+    @property
+    def redis_dsn(self) -> str:
+        """redis_url with the redis_tls_* files added as the query parameters redis-py reads
+        (ssl_ca_certs, ssl_certfile, ssl_keyfile): what podq connects with and what the
+        workers it starts get as PODQ_REDIS_URL, so the one string carries the whole config."""
+        files = {"ssl_ca_certs": self.redis_tls_ca, "ssl_certfile": self.redis_tls_cert,
+                 "ssl_keyfile": self.redis_tls_key}
+        if not any(files.values()):
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        given = {name for name, _ in query}
+        query += [(name, path) for name, path in files.items() if path and name not in given]
+        return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
     def with_overrides(self, **changes: object) -> Settings:
         return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 _ENV = {
     "redis_url": "PODQ_REDIS_URL",
+    "redis_tls_ca": "PODQ_REDIS_TLS_CA",
+    "redis_tls_cert": "PODQ_REDIS_TLS_CERT",
+    "redis_tls_key": "PODQ_REDIS_TLS_KEY",
     "endpoint_id": "PODQ_ENDPOINT_ID",
     "worker_id": "PODQ_WORKER_ID",
     "lease_ms": "PODQ_LEASE_MS",

@@ -57,7 +57,7 @@ async def start_gateway(
     Returns:
         The running gateway; call `close()` to stop it.
     """
-    store = JobStore(await connect(settings.redis_url), settings)
+    store = JobStore(await connect(settings.redis_dsn), settings)
     runner = web.AppRunner(create_app(store, settings, options), access_log=None)
     await runner.setup()
     try:

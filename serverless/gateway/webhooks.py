@@ -60,6 +60,11 @@ def is_private(address: str) -> bool:
 def check_url(url: str, allow_private: bool = True) -> None:
     """Refuse (400) a webhook that is not an absolute http(s) URL, or that names a private
     address literally (`localhost`, `10.0.0.1`, ...) when those are not allowed."""
+    if not url.isprintable() or " " in url:  # urlsplit would quietly strip or keep them
+        raise BadRequest(
+            f"webhook {url!r} contains spaces or control characters; percent-encode them "
+            "(%20) or remove them"
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -100,7 +105,10 @@ async def _post(
     try:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         headers = {"Content-Type": "application/json"}
-        async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
+        # no redirects: a public URL answering 307 -> http://169.254.169.254/ would walk past
+        # the private-address check made on `url` (SSRF); a 3xx counts as a failed try
+        async with session.post(url, data=body, headers=headers, timeout=timeout,
+                                allow_redirects=False) as response:
             return None if 200 <= response.status < 300 else f"HTTP {response.status}"
     except asyncio.TimeoutError:
         return f"no answer within {timeout_s} s"
@@ -150,7 +158,7 @@ class WebhookDispatcher:
     async def start(self) -> None:
         """Start popping finished jobs with webhooks off the shared list."""
         self._session = aiohttp.ClientSession()
-        self._blocking = await connect_single(self._store.settings.redis_url)
+        self._blocking = await connect_single(self._store.settings.redis_dsn)
         self._listener = asyncio.create_task(self._listen(), name="podq-webhooks")
 
     async def close(self) -> None:
