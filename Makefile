@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench bench-quick redis-server clean
+.PHONY: dev test bench bench-quick chaos redis-server clean
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
@@ -37,6 +37,11 @@ bench: $(BENCH_STAMP) redis-server
 
 bench-quick: $(BENCH_STAMP) redis-server
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# The long soak: 20,000 jobs while workers are SIGKILLed and Redis restarts once
+# -> bench/results/chaos.md (CHAOS_ARGS=--quick for 2,000 jobs)
+chaos: $(STAMP) redis-server
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

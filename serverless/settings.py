@@ -6,6 +6,8 @@ results kept 30 min after /run and 1 min after /runsync, executionTimeout 10 min
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import os
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     execution_timeout_ms: int = 600_000
     job_ttl_ms: int = 86_400_000
     max_chunk_bytes: int = 1 << 20
+    # cap on a worker process's heap in MB (RLIMIT_DATA; worker/config.py); 0 = no cap
+    worker_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
     # per-endpoint request rates at the gateway (RunPod's numbers); false turns them off
     rate_limits: bool = True
     # webhooks to private / loopback addresses (refused by default: SSRF)
@@ -79,6 +83,7 @@ _ENV = {
     "execution_timeout_ms": "PODQ_EXECUTION_TIMEOUT_MS",
     "job_ttl_ms": "PODQ_JOB_TTL_MS",
     "max_chunk_bytes": "PODQ_MAX_CHUNK_BYTES",
+    "worker_memory_mb": "PODQ_WORKER_MEMORY_MB",
     "rate_limits": "PODQ_RATE_LIMITS",
     "webhook_allow_private": "PODQ_WEBHOOK_ALLOW_PRIVATE",
 }

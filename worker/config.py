@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +56,20 @@ def parse_config(config: dict[str, Any]) -> HandlerConfig:
         concurrency_modifier=modifier,
         refresh_worker=bool(config.get("refresh_worker", False)),
     )
+
+
+# ---- process limits ------------------------------------------------------------------------
+
+def apply_memory_cap(mb: int) -> None:
+    """Cap this process's data segment (heap and private anonymous mappings: RLIMIT_DATA), so a
+    handler that allocates without bound gets MemoryError, a FAILED job, instead of the whole
+    host swapping or the kernel OOM killer picking a process. Only the soft limit is set; it is
+    inherited across the re-exec of refresh_worker. RLIMIT_DATA, not RLIMIT_AS: address space
+    reserved but never written (thread stacks, malloc arenas, CUDA mappings) does not count."""
+    if not mb:  # Settings.worker_memory_mb (PODQ_WORKER_MEMORY_MB): 0 = no cap
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = mb * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))

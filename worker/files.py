@@ -13,16 +13,17 @@ import runpy
 import sys
 from pathlib import Path
 
-import redis
 from redis.exceptions import RedisError
 
 from serverless import keys
 from serverless.codec import encode_json
-from serverless.errors import PodqError
+from serverless.errors import ConfigError, PodqError
 from serverless.model import WorkerBeat, WorkerState
+from serverless.queue import connect_sync
 from serverless.settings import load_settings
 from serverless.store import now_ms
 from worker import compat, process
+from worker.config import apply_memory_cap
 
 
 def build_parser(prog: str = "podq worker") -> argparse.ArgumentParser:
@@ -47,6 +48,10 @@ def run_file(handler: str, endpoint: str | None, redis: str | None, worker_id: s
         sys.exit("podq worker: no endpoint: pass --endpoint ID or set PODQ_ENDPOINT_ID")
     if compat.uses_runpod(path.read_text(errors="replace")):
         compat.install()
+    try:  # before the handler file loads its model: the cap covers that too
+        apply_memory_cap(load_settings().worker_memory_mb)
+    except ConfigError as e:
+        sys.exit(f"podq worker: {e}")
     announce_initializing()
     sys.argv = [str(path), *rest]
     sys.path.insert(0, str(path.resolve().parent))
@@ -68,7 +73,7 @@ def announce_initializing() -> None:
         beat = WorkerBeat(id=worker_id, endpoint=endpoint, state=WorkerState.INITIALIZING,
                           pid=os.getpid(), seen_at=now_ms(), started_at=now_ms(),
                           version=int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0))
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        client = connect_sync(settings.redis_dsn)
         client.hset(keys.workers(endpoint), worker_id, encode_json(beat))
         client.close()
     except (RedisError, OSError, PodqError) as e:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any
 
@@ -36,6 +38,44 @@ class Return:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+# The job whose handler code is being submitted to the pool (set by the job's task).
+current_job: ContextVar[str | None] = ContextVar("podq_current_job", default=None)
+
+
+class JobThreads(ThreadPoolExecutor):
+    """The handler thread pool, which knows which job's code each busy thread runs.
+
+    Python cannot stop a thread: a sync handler that ran past its timeout keeps its thread
+    (and a share of the GIL) until it returns, maybe never. `busy(job_id)` tells the worker
+    whether that happened, so it can replace its process once its other jobs are done.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._busy: Counter[str] = Counter()
+        self._busy_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        job_id = current_job.get()
+        if job_id is not None:
+            with self._busy_lock:
+                self._busy[job_id] += 1
+            future.add_done_callback(lambda _: self._release(job_id))  # returned or cancelled
+        return future
+
+    def _release(self, job_id: str) -> None:
+        with self._busy_lock:
+            self._busy[job_id] -= 1
+            if self._busy[job_id] <= 0:
+                del self._busy[job_id]
+
+    def busy(self, job_id: str) -> bool:
+        """Whether code submitted for `job_id` is still running (or waiting) in a thread."""
+        with self._busy_lock:
+            return self._busy.get(job_id, 0) > 0
 
 
 def kind_of(handler: Callable[..., Any]) -> Kind:

@@ -21,8 +21,9 @@ from serverless.queue import connect, connect_single
 from serverless.settings import Settings, load_settings
 from serverless.store import JobStore
 from worker import local
-from worker.config import HandlerConfig, parse_config
+from worker.config import HandlerConfig, apply_memory_cap, parse_config
 from worker.runtime import Worker
+from worker.watchdog import Watchdog
 
 log = logging.getLogger("podq.worker")
 
@@ -67,27 +68,39 @@ def run_worker(config: HandlerConfig, settings: Settings) -> None:
         raise ConfigError("PODQ_ENDPOINT_ID is not set: pass --endpoint ID or set the variable")
     worker_id = settings.worker_id or default_worker_id()
     try:
+        apply_memory_cap(settings.worker_memory_mb)
         refresh = _run(serve(config, settings, worker_id))
     except PodqError as e:
         print(f"podq worker: {e}", file=sys.stderr)
         sys.exit(1)
     if refresh:
         log.info("refresh_worker: restarting worker %s", worker_id)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        reexec(worker_id)
+
+
+def reexec(worker_id: str) -> None:
+    """Replace this process with a fresh one running the same command (same pid, same worker
+    id, so the registry and the scaler see the same worker). Safe from any thread."""
+    os.environ["PODQ_WORKER_ID"] = worker_id
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bool:
     """Run one Worker to completion; returns True when it asked to be refreshed."""
     assert settings.endpoint_id is not None
-    store = JobStore(await connect(settings.redis_url), settings)
-    blocking = await connect_single(settings.redis_url)
+    store = JobStore(await connect(settings.redis_dsn), settings)
+    blocking = await connect_single(settings.redis_dsn)
     worker = Worker(config, store, blocking, settings, settings.endpoint_id, worker_id)
+    worker.memory_cap_mb = settings.worker_memory_mb or None
     worker.install_signal_handlers()
+    watchdog = Watchdog(worker, settings, on_blocked=lambda: reexec(worker_id))
+    watchdog.start()
     try:
         await worker.run()
     finally:
+        await watchdog.stop()
         await blocking.aclose()
         await store.close()
     return worker.refresh_requested

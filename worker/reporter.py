@@ -6,12 +6,20 @@ order the handler produced them, and the final result is written only after all 
 flight the next chunks accumulate and go out together, so a fast generator costs one round trip
 per batch, not per token. Every write is fenced by the job's attempt: once the store answers
 that this attempt no longer owns the job, `lost` is set and nothing more is written.
+
+While Redis is unreachable (a restart, a failover) a write is retried with backoff for up to
+RETRY_FOR_S: a result computed during the outage is not thrown away. A retry that lands after
+the job moved on (its lease ran out and another attempt took it) is refused by the fence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
 
 from serverless.store import JobStore, TransitionResult
 from worker.results import Outcome
@@ -20,6 +28,9 @@ log = logging.getLogger("podq.worker")
 
 # A generator far ahead of Redis waits here instead of growing memory without bound.
 MAX_PENDING_CHUNKS = 4096
+RETRY_FOR_S = 60.0
+
+T = TypeVar("T")
 
 
 class Reporter:
@@ -56,9 +67,9 @@ class Reporter:
         await self.close()
         if self.lost:
             return None
-        return await self._store.finish(
+        return await self._retrying("result", lambda: self._store.finish(
             self.job_id, self.attempt, outcome.status, output=outcome.output, error=outcome.error
-        )
+        ))
 
     def abandon(self) -> None:
         self._task.cancel()
@@ -76,10 +87,12 @@ class Reporter:
             if self._chunks:
                 batch, self._chunks = self._chunks, []
                 self._drained.set()
-                ok = await self._store.append_chunks(self.job_id, self.attempt, batch)
+                ok = await self._retrying("chunks", lambda: self._store.append_chunks(
+                    self.job_id, self.attempt, batch))
             else:
                 data, self._progress = self._progress, None
-                ok = await self._store.progress(self.job_id, self.attempt, data)
+                ok = await self._retrying("progress", lambda: self._store.progress(
+                    self.job_id, self.attempt, data))
             if not ok:
                 log.info("job %s: attempt %d no longer owns the job; dropping its writes",
                          self.job_id, self.attempt)
@@ -87,3 +100,17 @@ class Reporter:
         if self.lost:
             self._chunks, self._progress = [], None
             self._drained.set()
+
+    async def _retrying(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        give_up, delay = loop.time() + RETRY_FOR_S, 0.1
+        while True:
+            try:
+                return await write()
+            except (RedisError, OSError) as e:
+                if loop.time() >= give_up:
+                    raise
+                log.warning("job %s: writing its %s failed (%s); retrying in %.1f s",
+                            self.job_id, what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)

@@ -54,11 +54,31 @@ def from_return(value: Any) -> Outcome:
     return _completed(rest, refresh=refresh)
 
 
-def from_exception(exc: BaseException, worker_id: str) -> Outcome:
+STUCK_THREAD_NOTE = (
+    "; the sync handler could not be stopped (Python cannot interrupt a thread), so its worker "
+    "re-executes itself once its other jobs are done"
+)
+BLOCKED_LOOP_NOTE = (
+    "; the async handler blocked the worker's event loop (call blocking code with "
+    "`await asyncio.to_thread(...)` or write a def handler), so its worker process was restarted"
+)
+
+
+def out_of_memory(memory_cap_mb: int | None) -> str:
+    if memory_cap_mb:
+        return (f"out of memory: the handler went over the worker's memory cap of {memory_cap_mb} MB "
+                "(PODQ_WORKER_MEMORY_MB); raise the cap or use less memory per job")
+    return "out of memory: the handler could not allocate memory; use less memory per job"
+
+
+def from_exception(exc: BaseException, worker_id: str, memory_cap_mb: int | None = None) -> Outcome:
     """An exception ends FAILED with RunPod's error shape (a JSON string)."""
+    message = str(exc)
+    if isinstance(exc, MemoryError):  # MemoryError() says nothing by itself
+        message = f"{message}: {out_of_memory(memory_cap_mb)}" if message else out_of_memory(memory_cap_mb)
     shape = {
         "error_type": str(type(exc)),
-        "error_message": str(exc),
+        "error_message": message,
         "error_traceback": "".join(traceback.format_exception(exc)),
         "hostname": socket.gethostname(),
         "worker_id": worker_id,

@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -34,6 +33,9 @@ from worker.results import Outcome
 
 log = logging.getLogger("podq.worker")
 
+# How long a sync handler that ran past its timeout gets to return before its thread counts as stuck.
+STUCK_AFTER_S = 0.5
+
 _current: Worker | None = None
 
 
@@ -43,10 +45,19 @@ def current() -> Worker | None:
 
 
 class ActiveJob:
-    __slots__ = ("task", "reporter", "released")
+    __slots__ = ("task", "reporter", "released", "finishing")
 
     def __init__(self, task: asyncio.Task[None], reporter: Reporter) -> None:
         self.task, self.reporter, self.released = task, reporter, False
+        self.finishing = False  # the result is being written: the fenced write settles it
+
+
+class Deadline(msgspec.Struct, frozen=True):
+    """A running job as the watchdog thread sees it (worker/watchdog.py)."""
+
+    attempt: int
+    timeout_ms: int
+    at: float  # time.monotonic() when the job's executionTimeout runs out
 
 
 class Worker:
@@ -62,11 +73,15 @@ class Worker:
         self.started_at = now_ms()
         self.idle_since = self.started_at
         self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
+        self.memory_cap_mb: int | None = None  # PODQ_WORKER_MEMORY_MB, set by worker/process.py
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="podq-handler")
+        self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")
+        # job id -> Deadline; written on the loop, read by the watchdog thread (dict copies
+        # are atomic under the GIL)
+        self.deadlines: dict[str, Deadline] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -106,7 +121,9 @@ class Worker:
     def stop_job(self, job_id: str) -> None:
         """Stop a running job whose result no longer counts (cancelled, or lease lost)."""
         active = self.active.get(job_id)
-        if active is not None:
+        if active is not None and not active.finishing:
+            # (a finishing job is left alone: its fenced write is accepted or refused, and a
+            # renew that raced the write reports the job as no longer held)
             log.info("job %s: stopping (cancelled or lease lost)", job_id)
             active.task.cancel()
 
@@ -161,20 +178,49 @@ class Worker:
     async def _run_job(self, taken: TakenJob, reporter: Reporter) -> None:
         started = time.perf_counter()
         timeout_ms = taken.execution_timeout_ms or self.settings.execution_timeout_ms
+        handlers.current_job.set(taken.id)  # this task's context: the pool tags its threads
+        self.deadlines[taken.id] = Deadline(taken.attempt, timeout_ms,
+                                            time.monotonic() + timeout_ms / 1000)
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 outcome = await self._execute(job_dict(taken), reporter)
         except TimeoutError:
             outcome = results.timed_out(timeout_ms)
+            if await self._thread_stuck(taken.id):
+                # Python cannot stop a thread: finish the other jobs, then become a fresh process
+                log.warning("job %s: its sync handler is still running past its timeout of %d ms; "
+                            "the worker re-executes itself once its other jobs are done",
+                            taken.id, timeout_ms)
+                outcome = msgspec.structs.replace(
+                    outcome, error=outcome.error + results.STUCK_THREAD_NOTE, refresh=True)
         except asyncio.CancelledError:
+            self.deadlines.pop(taken.id, None)
             await self._after_stop(taken, reporter)
             return
-        result = await reporter.finish(outcome)
+        self.deadlines.pop(taken.id, None)
+        active = self.active.get(taken.id)
+        if active is not None:
+            active.finishing = True
+        try:
+            result = await reporter.finish(outcome)
+        except (RedisError, OSError) as e:  # Redis gone for longer than the reporter retries
+            log.error("job %s attempt %d: its result could not be written (%s); the job runs again "
+                      "when its lease runs out", taken.id, taken.attempt, e)
+            return
         written = "written" if result is not None and result.outcome == "ok" else "rejected (stale)"
         log.info("%6.3fs job %s attempt %d -> %s, result %s", time.perf_counter() - started,
                  taken.id, taken.attempt, outcome.status, written)
         if outcome.refresh or self.config.refresh_worker:
             self.request_stop(refresh=True)
+
+    async def _thread_stuck(self, job_id: str) -> bool:
+        """Whether the job's sync code still runs in a pool thread after it timed out."""
+        deadline = time.monotonic() + STUCK_AFTER_S
+        while self._pool.busy(job_id):
+            if time.monotonic() >= deadline:
+                return True
+            await asyncio.sleep(0.02)
+        return False
 
     async def _execute(self, job: dict[str, Any], reporter: Reporter) -> Outcome:
         aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
@@ -187,7 +233,7 @@ class Worker:
                 if failed is not None:
                     return failed
         except Exception as e:
-            return results.from_exception(e, self.worker_id)
+            return results.from_exception(e, self.worker_id, memory_cap_mb=self.memory_cap_mb)
         return results.from_stream(aggregate)
 
     async def _stream(self, item: Any, reporter: Reporter, aggregate: list[bytes] | None) -> Outcome | None:
