@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -142,10 +144,18 @@ class JobStore:
         the process's Notifier wakes this waiter. The record is re-read once a second as well,
         so a notification lost to a reconnect costs at most a second, never a hang.
         """
+        async with self.watching(job_id) as event:
+            return await self._wait_on(job_id, event, timeout_s, read_first=True)
+
+    @asynccontextmanager
+    async def watching(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event this process's Notifier sets when the job may have ended (its id was
+        published on the done channel, a purge ended many jobs, or the subscription dropped):
+        clear it, then read the record, and it is set again by the next such moment."""
         notifier = await self._started_notifier()
         event = notifier.register(job_id)
         try:
-            return await self._wait_on(job_id, event, timeout_s, read_first=True)
+            yield event
         finally:
             notifier.unregister(job_id, event)
 

@@ -19,6 +19,7 @@ This view keeps its own cursor: it does not move the /stream polling cursor.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -90,21 +91,52 @@ class _Pump:
         self.quiet_since = time.monotonic()
 
     async def run(self, cursor: str, block_ms: int) -> None:
-        while True:
-            record = await self.store.get(self.job_id)
-            if record is None:
-                return await self._send(_gone(self.job_id))
-            terminal = record.status in TERMINAL_STATUSES
-            block = None if terminal else block_ms
-            chunks = await self.store.read_chunks(self.job_id, cursor, block_ms=block)
-            if chunks:
-                cursor = chunks[-1].cursor
-                await self._send(chunk_events(chunks))
-            elif terminal:
-                body = lifecycle.status_body(record, now_ms())
-                return await self._send(format_event(encode(body), event="status"))
-            else:
-                await self._keepalive()
+        """Send chunks as they come; the job's status is read at the start, when the done
+        channel says it may have ended, and when a wait for chunks comes back empty (the safety
+        net for a notification lost to a reconnect), not once per batch of chunks."""
+        async with self.store.watching(self.job_id) as ended:
+            check = True
+            while True:
+                if check:
+                    ended.clear()  # before the read: an end published after it sets it again
+                    record = await self.store.get(self.job_id)
+                    if record is None:
+                        return await self._send(_gone(self.job_id))
+                    if record.status in TERMINAL_STATUSES:
+                        chunks = await self.store.read_chunks(self.job_id, cursor)
+                        if not chunks:
+                            body = lifecycle.status_body(record, now_ms())
+                            return await self._send(format_event(encode(body), event="status"))
+                        cursor = chunks[-1].cursor
+                        await self._send(chunk_events(chunks))
+                        continue
+                chunks = await self._next_chunks(cursor, block_ms, ended)
+                if chunks:
+                    cursor = chunks[-1].cursor
+                    await self._send(chunk_events(chunks))
+                    check = ended.is_set()
+                else:
+                    check = True
+                    await self._keepalive()
+
+    async def _next_chunks(self, cursor: str, block_ms: int, ended: asyncio.Event) -> list[Chunk]:
+        """Wait up to `block_ms` for chunks after `cursor`; [] at once when the job ends."""
+        if ended.is_set():
+            return []
+        read = asyncio.ensure_future(self.store.read_chunks(self.job_id, cursor, block_ms=block_ms))
+        end = asyncio.ensure_future(ended.wait())
+        try:
+            await asyncio.wait((read, end), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            end.cancel()
+            if not read.done():  # the job ended first: drop the blocked read
+                read.cancel()
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # we were cancelled ourselves: pass it on
+                raise
+            return []
 
     async def _send(self, data: bytes) -> None:
         await self.response.write(data)

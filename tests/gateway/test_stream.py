@@ -80,6 +80,22 @@ async def test_sse_pushes_each_chunk_live_then_the_final_status(
         assert await response.content.read() == b""  # and the response ends
 
 
+async def test_sse_final_status_is_pushed_when_the_job_ends_not_when_a_wait_times_out(
+    make_gateway, store: JobStore, endpoint: str
+) -> None:
+    gateway = await make_gateway(sse_block_ms=60_000)  # a wait for chunks lasts a minute
+    job_id, attempt = await started_job(gateway, store, endpoint)
+    url = f"{gateway.url}/v2/{endpoint}/stream/{job_id}"
+    async with gateway.session.get(url, headers=SSE) as response:
+        decoder = SSEDecoder()
+        await store.append_chunks(job_id, attempt, [b'"only"'])
+        [chunk] = await next_events(response, decoder, 1)
+        assert output_of(chunk) == "only"
+        await store.finish(job_id, attempt, Status.COMPLETED, output=b'"done"')
+        [final] = await next_events(response, decoder, 1)  # within 3 s, not 60
+        assert final.event == "status" and msgspec.json.decode(final.data)["status"] == "COMPLETED"
+
+
 async def test_sse_resumes_after_last_event_id(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     job_id, attempt = await started_job(gateway, store, endpoint)
     await store.append_chunks(job_id, attempt, [b"1", b"2", b"3"])
