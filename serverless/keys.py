@@ -54,12 +54,15 @@ LOW_PRIORITY_OFFSET = 10**13
 # Cap on doorbell entries: a bell is only a hint to wake, the queue itself is the truth.
 BELL_CAP = 64
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Endpoint and job ids, anchored for JSON Schema (ECMA `$` is the very end) and used with
+# fullmatch here (Python's `$` would also match before a trailing newline: "ep\n").
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_ID = re.compile(ID_PATTERN[1:-1])
 
 
 def valid_id(value: str) -> bool:
     """Endpoint and job ids: 1-128 chars of letters, digits and `_.:-` (no key injection)."""
-    return bool(_ID.match(value))
+    return bool(_ID.fullmatch(value))
 
 
 def job(job_id: str) -> str:

@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
     # per-endpoint request rates at the gateway (RunPod's numbers); false turns them off
     rate_limits: bool = True
+    # per-key request rates over RunPod's defaults, `run=100/10,status=500` or `false`
+    # (serverless/gateway/limits.py parses it); '' = the defaults
+    key_rate_limits: str = ""
     # webhooks to private / loopback addresses (refused by default: SSRF)
     webhook_allow_private: bool = False
 
@@ -85,6 +88,7 @@ _ENV = {
     "max_chunk_bytes": "PODQ_MAX_CHUNK_BYTES",
     "worker_memory_mb": "PODQ_WORKER_MEMORY_MB",
     "rate_limits": "PODQ_RATE_LIMITS",
+    "key_rate_limits": "PODQ_KEY_RATE_LIMITS",
     "webhook_allow_private": "PODQ_WEBHOOK_ALLOW_PRIVATE",
 }
 

@@ -40,6 +40,7 @@ from serverless.settings import Settings
 _SCRIPTS = ("submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge")
 TTL_ERROR = "job waited longer than its ttl of %d ms before a worker took it"
 PURGE_ERROR = "removed from the queue by purge-queue"
+PURGE_BATCH = 1000  # queued jobs ended per purge script call
 CHUNK_STREAM_MAXLEN = 1_000_000
 
 
@@ -247,11 +248,15 @@ class JobStore:
     async def purge(self, endpoint: str, now: int | None = None) -> int:
         """End every queued job of `endpoint` CANCELLED; running jobs go on. Returns the count."""
         _check_id(endpoint, "endpoint")
-        return int(
-            await self._scripts["purge"](
-                keys=[keys.queue(endpoint)], args=[endpoint, now or now_ms(), PURGE_ERROR]
+        now, removed = now or now_ms(), 0
+        while True:  # batches (serverless/lua/purge.lua), so Redis stays responsive
+            batch, seen = await self._scripts["purge"](
+                keys=[keys.queue(endpoint)],
+                args=[endpoint, now, PURGE_ERROR, PURGE_BATCH, removed],
             )
-        )
+            removed += int(batch)
+            if int(seen) < PURGE_BATCH:
+                return removed
 
     async def health(self, endpoint: str, now: int | None = None) -> Health:
         """Job and worker counts in O(1) for jobs (and O(workers) for workers)."""

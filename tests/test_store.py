@@ -163,6 +163,28 @@ async def test_purge_removes_queued_only(store: JobStore, endpoint: str) -> None
     assert (h.jobs.inQueue, h.jobs.inProgress) == (0, 1)
 
 
+async def test_purge_of_more_than_one_batch_ends_them_all_as_a_single_cancel_would(
+    store: JobStore, endpoint: str
+) -> None:
+    from serverless import keys
+    from serverless.store import PURGE_BATCH
+
+    n = PURGE_BATCH * 2 + 7
+    records = [await store.submit(endpoint, req()) for _ in range(n)]
+    hooked = await store.submit(endpoint, req(webhook="https://example.com/hook"))
+    waiter = asyncio.create_task(store.wait(records[-1].id, 10))
+    await asyncio.sleep(0.05)
+    assert await store.purge(endpoint) == n + 1
+    assert (await asyncio.wait_for(waiter, 5)).status is Status.CANCELLED  # woken, not timed out
+    last = await store.get(records[-1].id)
+    assert last.error == "removed from the queue by purge-queue" and last.finished_at
+    assert 0 < await store.redis.pttl(keys.job(records[0].id)) <= last.retention_ms
+    assert hooked.id.encode() in await store.redis.lrange(keys.WEBHOOKS, 0, -1)
+    assert int(await store.redis.hget(keys.stats(endpoint), "cancelled")) == n + 1
+    assert (await store.health(endpoint)).jobs.inQueue == 0
+    assert await store.purge(endpoint) == 0
+
+
 async def test_low_priority_goes_after_normal(store: JobStore, endpoint: str) -> None:
     low = await store.submit(endpoint, req(policy=Policy(lowPriority=True)))
     normal = await store.submit(endpoint, req())

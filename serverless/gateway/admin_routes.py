@@ -22,7 +22,7 @@ from msgspec import NODEFAULT, UNSET, UnsetType
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.gateway import state
-from serverless.gateway.limits import MB, read_body
+from serverless.gateway.limits import MB, decode_body, read_body
 from serverless.gateway.replies import encode
 from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template
 from serverless.registry import Registry, new_id, parse_scaler_type
@@ -143,7 +143,7 @@ def _registry(request: web.Request) -> Registry:
 
 
 async def _decode(request: web.Request, body_kind: type) -> Any:
-    return _decoders[body_kind].decode(await read_body(request, ADMIN_MAX_BYTES))
+    return decode_body(_decoders[body_kind], await read_body(request, ADMIN_MAX_BYTES))
 
 
 def _new_id(given: str | None, kind: str, prefix: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -21,8 +22,8 @@ from serverless.gateway import admin_routes as admin
 from serverless.gateway import key_routes, routes, state
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
 from serverless.gateway.error_responses import error_middleware
-from serverless.gateway.limits import Limits, RateLimiter, rate_limit_middleware
-from serverless.gateway.openapi import Param, Route, build_spec, openapi_json
+from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings, rate_limit_middleware
+from serverless.gateway.openapi import ID_PATTERN, Param, Refinements, Route, build_spec, openapi_json
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamReply
 from serverless.gateway.webhooks import WebhookDispatcher, WebhookPolicy
 from serverless.model import ApiKey, EndpointConfig, Health, RunRequest, StatusBody, Template
@@ -105,6 +106,22 @@ ADMIN_ROUTES: tuple[Route, ...] = (
 )
 ALL_ROUTES = ROUTES + ADMIN_ROUTES
 
+_POLICY_MS = {"minimum": 1, "maximum": routes.POLICY_MAX_MS}
+# what the handlers check beyond the Structs' types, so the document promises no more than they take
+SCHEMA_REFINEMENTS: Refinements = {
+    "Policy": {"executionTimeout": _POLICY_MS, "ttl": _POLICY_MS},
+    # an absolute http(s) URL with a host (private hosts are refused too, unless allowed)
+    "RunRequest": {"webhook": {"pattern": r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#].*)?$"}},
+    "TemplateBody": {"id": {"pattern": ID_PATTERN}},
+    "EndpointBody": {"id": {"pattern": ID_PATTERN}},
+    "KeyBody": {"endpoints": {"items": {"type": "string", "pattern": ID_PATTERN}}},
+}
+
+
+def api_spec() -> dict[str, Any]:
+    """The document GET /openapi.json serves."""
+    return build_spec(ALL_ROUTES, SCHEMA_REFINEMENTS)
+
 
 class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What a gateway process is configured with besides Settings.
@@ -115,7 +132,8 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     admin_key: str | None = None
     api_keys: tuple[str, ...] = ()
-    limits: Limits = msgspec.field(default_factory=Limits)
+    # None: the defaults, with per-key rates from PODQ_KEY_RATE_LIMITS (limits.limits_from_settings)
+    limits: Limits | None = None
     webhooks: WebhookPolicy = msgspec.field(default_factory=WebhookPolicy)
     reap_interval_s: float = 1.0
     sse_block_ms: int = 500
@@ -172,7 +190,9 @@ def create_app(
         The aiohttp application, ready for an AppRunner or a test server.
     """
     options = options or GatewayOptions()
-    limits = options.limits if settings.rate_limits else msgspec.structs.replace(options.limits, rates={})
+    limits = options.limits if options.limits is not None else limits_from_settings(settings)
+    if not settings.rate_limits:
+        limits = msgspec.structs.replace(limits, rates={}, key_rates={})
     admin = options.admin_key if options.admin_key is not None else admin_key_from_env()
     app = web.Application(
         middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
@@ -182,7 +202,7 @@ def create_app(
     app[state.SETTINGS] = settings
     app[state.KEYS] = KeyChecker(store.redis, admin, options.api_keys)
     app[state.LIMITS] = limits
-    app[state.LIMITER] = RateLimiter(limits.rates)
+    app[state.LIMITER] = RateLimiter(limits.rates, limits.key_rates)
     app[state.WEBHOOK_POLICY] = (
         msgspec.structs.replace(options.webhooks, allow_private=True)
         if settings.webhook_allow_private else options.webhooks
@@ -190,7 +210,7 @@ def create_app(
     app[state.SSE_BLOCK_MS] = options.sse_block_ms
     app[state.REGISTRY] = Registry(store.redis)
     app[state.ADMIN_ROUTES] = frozenset(r.name for r in ALL_ROUTES if r.admin)
-    app[state.OPENAPI] = json_encode(build_spec(ALL_ROUTES))
+    app[state.OPENAPI] = json_encode(api_spec())
     _add_routes(app, ALL_ROUTES)
     app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks])
     return app

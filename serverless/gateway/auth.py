@@ -163,8 +163,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scope = await checker.scope(key)
     if scope is None:
         return error_response(401, INVALID_KEY, _CHALLENGE)
+    request[state.KEY_DIGEST] = hash_key(key)  # the key's identity for per-key rate limits
+    # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
+    if (refusal := _admin_refusal(request, checker, key)) is not None:
+        return refusal
     endpoint = request.match_info.get("endpoint_id")
     if scope and endpoint is not None and endpoint not in scope:
         reach = ", ".join(sorted(scope))
         return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
-    return _admin_refusal(request, checker, key) or await handler(request)
+    return await handler(request)

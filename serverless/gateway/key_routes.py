@@ -14,7 +14,7 @@ from aiohttp import web
 from serverless import keys
 from serverless.errors import BadRequest, NotFound
 from serverless.gateway import auth, state
-from serverless.gateway.limits import MB, read_body
+from serverless.gateway.limits import MB, decode_body, read_body
 from serverless.gateway.replies import encode
 from serverless.model import ApiKey
 
@@ -47,7 +47,7 @@ def _reply(value: msgspec.Struct | list[ApiKey]) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /v1/keys: make a new key, optionally scoped to some endpoints."""
-    body = _body.decode(await read_body(request, 1 * MB))
+    body = decode_body(_body, await read_body(request, 1 * MB))
     bad = [e for e in body.endpoints if not keys.valid_id(e)]
     if bad:
         raise BadRequest(f"endpoint id(s) {', '.join(map(repr, bad))} are invalid: use letters, digits, '_.:-'")

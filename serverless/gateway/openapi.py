@@ -7,7 +7,7 @@ create_app registers), schemas from msgspec's JSON Schema of each request and re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -16,19 +16,26 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from serverless import keys
 from serverless.gateway import state
 from serverless.gateway.error_responses import ErrorReply
 
 _REF = "#/components/schemas/{name}"
+# component name -> property name -> extra JSON Schema keywords
+Refinements = Mapping[str, Mapping[str, Mapping[str, Any]]]
+# what serverless.keys.valid_id accepts (endpoint, template ids), as a JSON Schema pattern
+ID_PATTERN: str = keys.ID_PATTERN
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _ERROR_TEXT = {
     400: "Malformed request (bad JSON, a missing or mistyped field, a bad parameter or setting)",
     401: "Missing or invalid API key",
-    403: "A valid key that is not the admin key (admin routes)",
+    403: "A valid key that may not use this route: a key scoped to other endpoints, or a key "
+         "that is not the admin key on an admin route",
     404: "Unknown endpoint, template, or unknown or expired job",
     409: "Conflict: the job's state does not allow this, an id is taken, or a template is in use",
     413: "Request body too large",
-    429: "Rate limit exceeded; see Retry-After",
+    429: "Rate limit of the endpoint or of the API key exceeded; see Retry-After",
+    503: "The job store (Redis) is unavailable; retry shortly",
 }
 
 
@@ -87,9 +94,7 @@ def _responses(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
     if route.reply is not None:
         ok["content"] = _json_content(refs[route.reply])
     out: dict[str, Any] = {"200": ok}
-    codes = route.errors if route.public else (400, 401, 404, 429, *route.errors)
-    if route.admin:
-        codes = (*codes, 403)
+    codes = route.errors if route.public else (400, 401, 403, 404, 429, 503, *route.errors)
     error = _json_content(refs[ErrorReply])
     for code in sorted(set(codes)):
         out[str(code)] = {"description": _ERROR_TEXT[code], "content": error}
@@ -117,17 +122,27 @@ def _schemas(routes: Iterable[Route]) -> tuple[dict[type, dict[str, Any]], dict[
     return dict(zip(ordered, refs)), components
 
 
-def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
+def _refine(components: dict[str, Any], refinements: Refinements) -> None:
+    for name, properties in refinements.items():
+        for prop, extra in properties.items():
+            components[name]["properties"][prop].update(extra)
+
+
+def build_spec(routes: Iterable[Route], refinements: Refinements | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `routes`.
 
     Args:
         routes: the route table.
+        refinements: JSON Schema keywords to add to properties of component schemas, for the
+            rules a handler checks that the Struct's types cannot say (ranges, patterns);
+            `{"Policy": {"ttl": {"minimum": 1}}}`.
 
     Returns:
         The document as plain JSON-able data.
     """
     routes = list(routes)
     refs, components = _schemas(routes)
+    _refine(components, refinements or {})
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         for method in route.methods:

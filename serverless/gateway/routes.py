@@ -14,7 +14,7 @@ from serverless import keys, lifecycle
 from serverless.codec import run_request_decoder
 from serverless.errors import BadRequest, NotFound
 from serverless.gateway import sse, state, webhooks
-from serverless.gateway.limits import read_body
+from serverless.gateway.limits import decode_body, read_body
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamItem, StreamReply, encode
 from serverless.model import TERMINAL_STATUSES, JobRecord, Policy, RunRequest
 from serverless.store import JobStore, now_ms
@@ -85,7 +85,7 @@ def _check_policy(policy: Policy | None) -> None:
 
 def decode_run_request(body: bytes, allow_private_webhooks: bool = True) -> RunRequest:
     """Decode and check a /run or /runsync body (msgspec names a missing or mistyped field)."""
-    request = run_request_decoder.decode(body)
+    request = decode_body(run_request_decoder, body)
     if request.webhook is not None:
         webhooks.check_url(request.webhook, allow_private_webhooks)
     _check_policy(request.policy)

@@ -317,4 +317,6 @@ async def test_openapi_documents_the_admin_routes(gateway: Gateway) -> None:
     body = spec["components"]["schemas"]["EndpointBody"]
     assert body["required"] == ["name", "template_id"]
     assert body["properties"]["scaler_type"]["enum"] == ["QUEUE_DELAY", "REQUEST_COUNT"]
-    assert "403" not in paths["/v2/{endpoint_id}/run"]["post"]["responses"]
+    # a key scoped to other endpoints gets 403 on /v2 routes too
+    assert "403" in paths["/v2/{endpoint_id}/run"]["post"]["responses"]
+    assert "403" not in paths["/healthz"]["get"]["responses"]
