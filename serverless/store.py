@@ -299,11 +299,19 @@ class JobStore:
 
     async def take(self, endpoint: str, worker_id: str, now: int | None = None) -> TakenJob | None:
         """Take the oldest queued job, leased to `worker_id`; None when the queue is empty."""
+        taken = await self.take_many(endpoint, worker_id, 1, now)
+        return taken[0] if taken else None
+
+    async def take_many(
+        self, endpoint: str, worker_id: str, count: int, now: int | None = None
+    ) -> list[TakenJob]:
+        """Take up to `count` of the oldest queued jobs in one round trip (a worker asks for
+        as many as it has free slots), each leased to `worker_id`; [] when none is queued."""
         reply = await self._scripts["take"](
             keys=[keys.queue(endpoint), keys.leases(endpoint)],
-            args=[endpoint, now or now_ms(), self.settings.lease_ms, worker_id, TTL_ERROR],
+            args=[endpoint, now or now_ms(), self.settings.lease_ms, worker_id, TTL_ERROR, count],
         )
-        return taken_from_reply(endpoint, reply) if reply else None
+        return [taken_from_reply(endpoint, item) for item in reply]
 
     async def renew(self, endpoint: str, attempts: dict[str, int], now: int | None = None) -> list[str]:
         """Extend the leases of running jobs; returns the ids this worker no longer holds."""

@@ -8,7 +8,7 @@ import pytest
 from serverless.codec import run_request_decoder
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.model import Policy, RunRequest, Status
-from serverless.store import JobStore
+from serverless.store import JobStore, now_ms
 
 
 def req(payload: object = None, **kw: object) -> RunRequest:
@@ -183,6 +183,25 @@ async def test_purge_of_more_than_one_batch_ends_them_all_as_a_single_cancel_wou
     assert int(await store.redis.hget(keys.stats(endpoint), "cancelled")) == n + 1
     assert (await store.health(endpoint)).jobs.inQueue == 0
     assert await store.purge(endpoint) == 0
+
+
+async def test_take_many_takes_the_oldest_up_to_count_each_with_its_lease(
+    store: JobStore, endpoint: str
+) -> None:
+    from serverless import keys
+
+    expired = await store.submit(endpoint, req(policy=Policy(ttl=10_000)), now=now_ms() - 20_000)
+    queued = [await store.submit(endpoint, req({"i": i})) for i in range(5)]
+    taken = await store.take_many(endpoint, "w", 3)
+    # (jobs submitted in the same millisecond share a score: their order among them is free)
+    assert len(taken) == 3 and expired.id not in {t.id for t in taken}
+    assert all(t.attempt == 1 for t in taken)
+    assert await store.redis.zcard(keys.leases(endpoint)) == 3
+    assert (await store.get(expired.id)).status is Status.TIMED_OUT
+    rest = await store.take_many(endpoint, "w", 10)
+    assert {t.id for t in taken + rest} == {q.id for q in queued}
+    assert sorted(msgspec.json.decode(t.input)["i"] for t in taken + rest) == [0, 1, 2, 3, 4]
+    assert await store.take_many(endpoint, "w", 10) == []
 
 
 async def test_low_priority_goes_after_normal(store: JobStore, endpoint: str) -> None:

@@ -148,9 +148,10 @@ class Worker:
                 self._slot_free.clear()
                 await _first(self._slot_free.wait(), self._stopping.wait())
                 continue
+            free = self.concurrency - len(self.active)
             try:
-                taken = await self.store.take(self.endpoint, self.worker_id)
-                if taken is None:
+                taken = await self.store.take_many(self.endpoint, self.worker_id, free)
+                if not taken:
                     await _first(
                         wait_for_work(self.blocking, self.endpoint, 1.0), self._stopping.wait()
                     )
@@ -159,7 +160,8 @@ class Worker:
                 log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
                 await asyncio.sleep(0.5)
                 continue
-            self._start(taken)
+            for job in taken:
+                self._start(job)
 
     def _start(self, taken: TakenJob) -> None:
         reporter = Reporter(self.store, taken.id, taken.attempt)

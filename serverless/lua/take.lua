@@ -1,29 +1,33 @@
--- A worker takes the oldest queued job of an endpoint: queue -> leases, attempt + 1.
--- Jobs whose ttl passed while queued end TIMED_OUT on the way (up to 64 per call).
+-- A worker takes up to `count` of the oldest queued jobs of an endpoint (one per free slot):
+-- queue -> leases, attempt + 1. Jobs whose ttl passed while queued end TIMED_OUT on the way
+-- (up to 64 per call, besides the jobs taken).
 -- KEYS[1] queue zset, KEYS[2] leases zset
--- ARGV: endpoint, now, lease ms, worker id, ttl error format (%d = ttl ms)
--- Returns {id, attempt, input, execution_timeout_ms, webhook, s3_config} or false.
+-- ARGV: endpoint, now, lease ms, worker id, ttl error format (%d = ttl ms), count
+-- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first.
 local ep, now, lease, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-for _ = 1, 64 do
+local count = tonumber(ARGV[6])
+local taken, skipped = {}, 0
+while #taken < count and skipped < 64 do
   local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then return false end
+  if #popped == 0 then break end
   local id = popped[1]
   local jobkey = K_job(id)
   local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms')
-  if f[1] == 'IN_QUEUE' then
-    if f[3] and tonumber(f[2]) + tonumber(f[3]) <= now then
+  if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
+    local attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
+    redis.call('HINCRBY', jobkey, 'tries', 1)
+    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', now, 'worker_id', worker)
+    redis.call('HDEL', jobkey, 'output', 'error')
+    redis.call('ZADD', KEYS[2], now + lease, id)
+    local p = redis.call('HMGET', jobkey, 'input', 'execution_timeout_ms', 'webhook', 's3_config')
+    taken[#taken + 1] = {id, attempt, p[1], p[2] or '', p[3] or '', p[4] or ''}
+  else
+    if f[1] == 'IN_QUEUE' then  -- its ttl ran out while it waited
       redis.call('HSET', jobkey, 'error', string.format(ARGV[5], tonumber(f[3])))
       move(ep, id, jobkey, 'IN_QUEUE', 'TIMED_OUT', now, true)
-    else
-      local attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
-      redis.call('HINCRBY', jobkey, 'tries', 1)
-      redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', now, 'worker_id', worker)
-      redis.call('HDEL', jobkey, 'output', 'error')
-      redis.call('ZADD', KEYS[2], now + lease, id)
-      local p = redis.call('HMGET', jobkey, 'input', 'execution_timeout_ms', 'webhook', 's3_config')
-      return {id, attempt, p[1], p[2] or '', p[3] or '', p[4] or ''}
     end
+    -- anything else is a stale entry (record expired or moved): dropped
+    skipped = skipped + 1
   end
-  -- anything else is a stale entry (record expired or moved): dropped
 end
-return false
+return taken
