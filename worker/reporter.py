@@ -42,9 +42,16 @@ class Reporter:
         self._drained = asyncio.Event()
         self._closing = False
         self.lost = False
-        self._task = asyncio.create_task(self._flush_loop(), name=f"reporter-{job_id}")
+        # the writer task starts with the first chunk or progress: most jobs send neither,
+        # and their result is written by finish() alone
+        self._task: asyncio.Task[None] | None = None
+
+    def _writer(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name=f"reporter-{self.job_id}")
 
     async def chunk(self, data: bytes) -> None:
+        self._writer()
         self._chunks.append(data)
         self._wake.set()
         if len(self._chunks) >= MAX_PENDING_CHUNKS:
@@ -53,6 +60,7 @@ class Reporter:
 
     def progress(self, data: bytes) -> None:
         """Latest progress wins; safe to call from the event loop thread only."""
+        self._writer()
         self._progress = data
         self._wake.set()
 
@@ -60,7 +68,8 @@ class Reporter:
         """Flush everything queued and stop the writer."""
         self._closing = True
         self._wake.set()
-        await self._task
+        if self._task is not None:
+            await self._task
 
     async def finish(self, outcome: Outcome) -> TransitionResult | None:
         """Flush, then write the final result (fenced). None if the job was lost meanwhile."""
@@ -72,7 +81,8 @@ class Reporter:
         ))
 
     def abandon(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
     async def _flush_loop(self) -> None:
         while True:

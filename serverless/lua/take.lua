@@ -9,7 +9,12 @@ local count = tonumber(ARGV[6])
 local taken, skipped = {}, 0
 while #taken < count and skipped < 64 do
   local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then break end
+  if #popped == 0 then
+    -- the queue is empty: rings left on the doorbell would only wake workers to find nothing
+    -- (each submit rings again)
+    redis.call('DEL', K_bell(ep))
+    break
+  end
   local id = popped[1]
   local jobkey = K_job(id)
   local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms')
