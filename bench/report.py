@@ -111,7 +111,8 @@ def draw(chart: Chart, out_dir: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 20 distinct colours, not 10
     for label, values in chart.series.items():
         if not values:
             continue
@@ -132,7 +133,7 @@ def draw(chart: Chart, out_dir: Path) -> Path | None:
     ax.set_xlabel(chart.xlabel)
     ax.set_title(chart.title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = out_dir / f"{chart.name}.png"
     fig.savefig(path)
