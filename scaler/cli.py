@@ -10,7 +10,7 @@ import sys
 from scaler.backends.base import Backend, BackendError
 from scaler.backends.process import ProcessBackend
 from scaler.loop import Scaler
-from serverless import logs
+from serverless import eventloop, logs
 from serverless.errors import PodqError
 from serverless.queue import connect
 from serverless.registry import Registry
@@ -56,8 +56,6 @@ def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     logs.configure()
     try:
-        import uvloop
-
-        uvloop.run(run_scaler(load_settings(), args.backends.split(","), args.tick))
+        eventloop.run(run_scaler(load_settings(), args.backends.split(","), args.tick))
     except (PodqError, BackendError) as e:
         sys.exit(f"podq scaler: {e}")

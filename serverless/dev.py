@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serverless import logs
+from serverless import eventloop, logs
 from serverless.errors import PodqError, redact_url
 from serverless.gateway import GatewayOptions, start_gateway
 from serverless.redis_server import RedisProcess
@@ -127,9 +127,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"podq dev: handler file {args.handler!r} not found")
     logs.configure()
     try:
-        import uvloop
-
-        uvloop.run(run_dev(args))
+        eventloop.run(run_dev(args))
     except PodqError as e:
         sys.exit(f"podq dev: {e}")
     except OSError as e:

@@ -7,7 +7,6 @@ one local test job (--test_input or test_input.json).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -15,7 +14,7 @@ import sys
 import uuid
 from typing import Any
 
-from serverless import logs
+from serverless import eventloop, logs
 from serverless.errors import ConfigError, PodqError
 from serverless.queue import connect, connect_single
 from serverless.settings import Settings, load_settings
@@ -107,9 +106,4 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
 
 
 def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
+    return eventloop.run(coro)

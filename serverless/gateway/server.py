@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 
 from aiohttp import web
 
+from serverless import eventloop
 from serverless.gateway.app import GatewayOptions, create_app
 from serverless.queue import connect
 from serverless.settings import Settings
@@ -95,14 +95,6 @@ async def _serve_until_signal(
     await run_gateway(settings, host, port, options, stop)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def serve(
     settings: Settings,
     host: str = DEFAULT_HOST,
@@ -117,5 +109,4 @@ def serve(
         port: the TCP port.
         options: keys, limits and webhook policy.
     """
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve_until_signal(settings, host, port, options))
+    eventloop.run(_serve_until_signal(settings, host, port, options))
