@@ -41,6 +41,11 @@ class ProcessBackend:
         self.log_dir = Path(log_dir or Path(tempfile.gettempdir()) / f"podq-workers-{self.scope}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # only to reap exit statuses
+        # what this instance started, by pid: listed from here until /proc shows its labels.
+        # Right after Popen returns, /proc/<pid>/environ can still read empty (the kernel sets
+        # the new image's environment late in execve), and a worker missing from one listing
+        # would be started twice.
+        self._started: dict[int, WorkerHandle] = {}
 
     async def start(self, spec: WorkerSpec) -> WorkerHandle:
         if not spec.command and not spec.handler:
@@ -58,8 +63,10 @@ class ProcessBackend:
         finally:
             log.close()
         self._children[proc.pid] = proc
-        return WorkerHandle(worker_id=spec.worker_id, endpoint_id=spec.endpoint_id, version=spec.version,
-                            ref=str(proc.pid), gpu_uuids=spec.gpu_uuids, started_at=int(env[ENV_STARTED]))
+        handle = WorkerHandle(worker_id=spec.worker_id, endpoint_id=spec.endpoint_id, version=spec.version,
+                              ref=str(proc.pid), gpu_uuids=spec.gpu_uuids, started_at=int(env[ENV_STARTED]))
+        self._started[proc.pid] = handle
+        return handle
 
     def _labels(self, spec: WorkerSpec) -> dict[str, str]:
         return {
@@ -76,6 +83,11 @@ class ProcessBackend:
                 handle = self._handle(int(entry.name))
                 if handle is not None:
                     found[int(entry.name)] = handle
+        for pid, handle in list(self._started.items()):
+            if pid in found or pid not in self._children:  # labels visible now, or exited
+                del self._started[pid]
+            else:
+                found[pid] = handle
         # a worker's own child processes inherit its environment: keep only the top process
         return [h for pid, h in found.items()
                 if (parent := found.get(_ppid(pid))) is None or parent.worker_id != h.worker_id]

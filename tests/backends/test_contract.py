@@ -67,3 +67,23 @@ async def test_stop_of_a_worker_that_already_exited_is_harmless(backend, endpoin
     handle = await backend.start(spec(redis_url, endpoint, "w-gone"))
     await backend.stop(handle, 1)
     await asyncio.wait_for(backend.stop(handle, 1), 30)
+
+
+async def test_process_backend_lists_what_it_started_before_proc_shows_its_labels(
+    endpoint: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Right after start, /proc/<pid>/environ can read empty (execve sets it late): the backend
+    must still list the worker, or the scaler would start it twice. A worker whose command wipes
+    its environment (`env -i`) shows the same thing for as long as it runs."""
+    backend = ProcessBackend(redis_url, log_dir=str(tmp_path))
+    blank = msgspec.structs.replace(spec(redis_url, endpoint, "w-blank"), command=["env", "-i", "sleep", "30"])
+    handle = await backend.start(blank)
+    try:
+        await asyncio.sleep(0.3)  # env -i has exec'd sleep with an empty environment by now
+        listed = [h.worker_id for h in await backend.list() if h.endpoint_id == endpoint]
+        assert listed == ["w-blank"]
+        assert [h.worker_id for h in await ProcessBackend(redis_url).list()
+                if h.endpoint_id == endpoint] == []  # another instance cannot see it in /proc
+    finally:
+        await backend.stop(handle, 0.5)
+    assert [h for h in await backend.list() if h.endpoint_id == endpoint] == []
