@@ -53,7 +53,12 @@ async def test_start_serve_list_stop(backend, store, endpoint, redis_url) -> Non
 async def test_a_new_backend_instance_adopts_running_workers(backend, endpoint, redis_url) -> None:
     await backend.start(spec(redis_url, endpoint, "w-adopt"))
     fresh = type(backend)(**_same_args(backend, redis_url))
-    found = [h for h in await fresh.list() if h.endpoint_id == endpoint]
+    found: list = []
+    for _ in range(100):  # a process's labels show in /proc once its execve is through
+        found = [h for h in await fresh.list() if h.endpoint_id == endpoint]
+        if found:
+            break
+        await asyncio.sleep(0.05)
     assert [(h.worker_id, h.version) for h in found] == [("w-adopt", 3)]
 
 
