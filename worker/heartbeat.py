@@ -1,4 +1,4 @@
-"""The worker's periodic duties, each one coroutine driven by `every(interval, duty)`.
+"""The worker's periodic duties, each driven by `serverless.periodic.every(interval, duty)`.
 
 - renew: extend the leases of running jobs; jobs whose lease was lost are stopped locally
 - beat: write the worker's state, jobs, concurrency and GPU facts to the registry
@@ -8,29 +8,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from serverless import keys
 from serverless.notify import listen_forever
-
-log = logging.getLogger("podq.worker")
-
-
-async def every(interval_s: float, duty: Callable[[], Awaitable[None]]) -> None:
-    """Run `duty` every `interval_s` until cancelled; a failing run is logged, not fatal."""
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        try:
-            await duty()
-        except (RedisError, OSError) as e:
-            log.warning("%s failed: %s (retrying)", getattr(duty, "__name__", duty), e)
-        await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
 
 
 async def watch_cancels(redis: Redis, endpoint: str, on_cancel: Callable[[str], None]) -> None:

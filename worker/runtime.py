@@ -20,7 +20,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from serverless import nvml
+from serverless import nvml, periodic
 from serverless.codec import encode_json
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
 from serverless.queue import wait_for_work
@@ -91,9 +91,9 @@ class Worker:
         _current = self
         interval = self.settings.heartbeat_ms / 1000
         duties = [
-            heartbeat.every(interval, self._renew),
-            heartbeat.every(interval, self._beat),
-            heartbeat.every(interval, self._reap),
+            periodic.every(interval, self._renew),
+            periodic.every(interval, self._beat),
+            periodic.every(interval, self._reap),
             heartbeat.watch_cancels(self.store.redis, self.endpoint, self.stop_job),
         ]
         tasks = [asyncio.create_task(d) for d in duties]

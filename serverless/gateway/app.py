@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from redis.exceptions import RedisError
 
+from serverless import periodic
 from serverless.codec import json_encode
 from serverless.gateway import admin_routes as admin
 from serverless.gateway import key_routes, routes, state
@@ -141,15 +141,14 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
 
 async def reap_forever(store: JobStore, interval_s: float) -> None:
     """Every `interval_s`, requeue (or fail) jobs of every endpoint whose lease ran out."""
-    while True:
-        try:
-            for endpoint in await store.endpoints():
-                requeued, failed = await store.reap(endpoint)
-                if requeued or failed:
-                    log.info("reaped %s: %d requeued, %d failed", endpoint, requeued, failed)
-        except (RedisError, OSError) as e:
-            log.warning("reaper could not reach Redis (%s); trying again", e)
-        await asyncio.sleep(interval_s)
+
+    async def reap_all() -> None:
+        for endpoint in await store.endpoints():
+            requeued, failed = await store.reap(endpoint)
+            if requeued or failed:
+                log.info("reaped %s: %d requeued, %d failed", endpoint, requeued, failed)
+
+    await periodic.every(interval_s, reap_all)
 
 
 def _reaper(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
