@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +83,29 @@ async def fan_out(total: int, clients: int, one) -> float:
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     return time.perf_counter() - t0
+
+
+def exited(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Raise if one of `procs` has exited (a server that died while we wait for it)."""
+    for p in procs:
+        if p.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, p.args))} exited with {p.returncode}")
+
+
+async def wait_http(url: str, procs: Iterable[subprocess.Popen[bytes]] = (), timeout: float = 30) -> None:
+    """Until `url` answers (any status below 500); fails early if one of `procs` exited."""
+    import aiohttp
+
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            exited(procs)
+            try:
+                async with s.get(url) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")

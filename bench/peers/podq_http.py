@@ -12,28 +12,12 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import fan_out
+from bench.common import fan_out, wait_http
 from bench.peers.base import PY, Peer
 from serverless.redis_server import free_port
 
 KEY = "bench-key"
 EP = "bench"
-
-
-async def wait_http(url: str, procs: Any = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if procs is not None:
-                procs.check_alive()
-            try:
-                async with s.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
 
 
 class PodqHttp(Peer):
@@ -47,7 +31,7 @@ class PodqHttp(Peer):
             self.procs.spawn([PY, "-m", "worker", "bench/handlers/noop.py", "--endpoint", EP,
                               "--worker-id", f"{EP}-{i}"], env)
         self.base = f"http://127.0.0.1:{port}/v2/{EP}"
-        await wait_http(f"http://127.0.0.1:{port}/healthz", self.procs)
+        await wait_http(f"http://127.0.0.1:{port}/healthz", self.procs.procs)
         self.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"},
                                              connector=aiohttp.TCPConnector(limit=0))
 

@@ -8,7 +8,7 @@ import aiohttp
 
 from bench.common import fan_out
 from bench.peers.base import PY, Peer
-from bench.peers.podq_http import wait_http
+from bench.common import wait_http
 from serverless.redis_server import free_port
 
 
@@ -27,7 +27,7 @@ class RunpodPeer(Peer):
         port = free_port()
         self.procs.spawn([PY, "bench/handlers/runpod_noop.py", "--rp_serve_api",
                           "--rp_api_port", str(port), "--rp_log_level", "ERROR"])
-        await wait_http(f"http://localhost:{port}/", self.procs, timeout=60)
+        await wait_http(f"http://localhost:{port}/", self.procs.procs, timeout=60)
         self.url_runsync = f"http://localhost:{port}/runsync"
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         await self.throughput(50, 16)

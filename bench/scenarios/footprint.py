@@ -21,7 +21,8 @@ import psutil
 
 from bench.common import spawn, start_redis, stop
 from bench.report import Row, Section
-from bench.scenarios.streaming import AUTH, podq_env, spawn_gateway, spawn_worker, wait_http, wait_workers
+from bench.common import wait_http
+from bench.scenarios.streaming import AUTH, podq_env, spawn_gateway, spawn_worker, wait_workers
 from serverless.redis_server import free_port
 
 EP = "footprint"

@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 
 from bench.common import fan_out, percentile, sequential, start_redis, stop
 from bench.report import Row, Section
-from bench.scenarios.streaming import (AUTH, SSE, spawn_gateway, spawn_worker, submit,
-                                       wait_http, wait_workers)
+from bench.common import wait_http
+from bench.scenarios.streaming import AUTH, SSE, spawn_gateway, spawn_worker, submit, wait_workers
 from serverless.redis_server import free_port
 
 EP = "deep"

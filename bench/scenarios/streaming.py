@@ -20,11 +20,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 import aiohttp
 
-from bench.common import percentile, spawn, start_redis, stop
+from bench.common import percentile, spawn, start_redis, stop, wait_http
 from bench.report import Chart, Row, Section
 from serverless.redis_server import free_port
 
@@ -52,24 +51,6 @@ def spawn_worker(redis_url: str, handler: str, endpoint: str, worker_id: str,
     return spawn([sys.executable, "-m", "serverless.cli", "worker", f"bench/handlers/{handler}",
                   "--endpoint", endpoint, "--worker-id", worker_id],
                  {**podq_env(redis_url), **(extra_env or {})})
-
-
-async def wait_http(url: str, timeout: float = 30, procs: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-    """Until `url` answers (any status below 500); fails early if one of `procs` exited."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            for p in procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{' '.join(map(str, p.args))} exited with {p.returncode}")
-            try:
-                async with s.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
 
 
 async def wait_workers(s: aiohttp.ClientSession, base: str, endpoint: str, count: int,

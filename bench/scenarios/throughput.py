@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.util
 import traceback
 
-from bench.peers.arq_peer import ArqFastPeer, ArqPeer
-from bench.peers.celery_peer import CeleryPeer
+from bench.peers.arq_peer import ArqPeer
 from bench.peers.dramatiq_peer import WORKER_TIMEOUT_MS, DramatiqPeer
 from bench.peers.podq_http import PodqHttp
 from bench.peers.runpod_peer import RunpodPeer
 from bench.peers.saq_peer import SaqPeer
 from bench.report import Chart, Row, Section
+from bench.scenarios.latency import SYSTEMS
 
 HEADLINE = (64, 4)  # (clients, workers): the cell with the target
 TARGET = ">= 2,500 jobs/s"
@@ -31,18 +31,9 @@ ARQ_DEFAULT_JOBS = 5_000  # arq with its 0.5 s polling: the headline cell of a f
 def plan(quick: bool) -> tuple[int, list[int], list[int], list[tuple[type, str, str]]]:
     """(jobs per cell, client counts, worker counts, systems)."""
     if quick:  # podq and the two fastest peers, small cells: the whole `make bench` < 2 min
-        systems = [(PodqHttp, "serverless", ""), (SaqPeer, "saq", "saq"),
-                   (DramatiqPeer, "dramatiq", "'dramatiq[redis]'")]
-        return 2_000, [16, 64], [1, 4], systems
-    systems = [
-        (PodqHttp, "serverless", ""),
-        (RunpodPeer, "runpod", "runpod"),
-        (SaqPeer, "saq", "saq"),
-        (DramatiqPeer, "dramatiq", "'dramatiq[redis]'"),
-        (CeleryPeer, "celery", "'celery[redis]'"),
-        (ArqFastPeer, "arq", "arq"),
-    ]
-    return 20_000, [1, 16, 64, 256], [1, 4], systems
+        return 2_000, [16, 64], [1, 4], [s for s in SYSTEMS if s[0] in (PodqHttp, SaqPeer, DramatiqPeer)]
+    # arq with its defaults (0.5 s polling) runs only the headline cell, below
+    return 20_000, [1, 16, 64, 256], [1, 4], [s for s in SYSTEMS if s[0] is not ArqPeer]
 
 
 def metric(clients: int, workers: int) -> str:
