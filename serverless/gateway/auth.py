@@ -121,29 +121,29 @@ class KeyChecker:
         """True when this gateway was given an admin key."""
         return self._admin is not None
 
-    def is_admin(self, key: str) -> bool:
-        """True when `key` is the admin key (compared in constant time)."""
-        return self._admin is not None and hmac.compare_digest(hash_key(key), self._admin)
+    def is_admin(self, digest: str) -> bool:
+        """True when `digest` (hash_key of the presented key) is the admin key's (constant time)."""
+        return self._admin is not None and hmac.compare_digest(digest, self._admin)
 
     def _is_local(self, digest: str) -> bool:
         # every digest is compared, so the loop's length does not depend on which one matched
         matches = [hmac.compare_digest(digest, known) for known in self._local]
         return any(matches)
 
-    async def scope(self, key: str) -> frozenset[str] | None:
-        """The endpoints `key` may reach (ALL_ENDPOINTS for all), or None when it is invalid."""
-        digest = hash_key(key)
+    async def scope(self, digest: str) -> frozenset[str] | None:
+        """The endpoints the key whose hash_key is `digest` may reach (ALL_ENDPOINTS for all),
+        or None when it is invalid."""
         if self._is_local(digest):
             return ALL_ENDPOINTS
         raw = await self._redis.hget(keys.API_KEYS, digest)
         return None if raw is None else frozenset(_record(digest, raw).endpoints)
 
 
-def _admin_refusal(request: web.Request, checker: KeyChecker, key: str) -> web.Response | None:
-    """403 when the route needs the admin key and `key` (already valid) is not it."""
+def _admin_refusal(request: web.Request, checker: KeyChecker, digest: str) -> web.Response | None:
+    """403 when the route needs the admin key and the (already valid) key of `digest` is not it."""
     if request.match_info.route.name not in request.app[state.ADMIN_ROUTES]:
         return None
-    if checker.is_admin(key):
+    if checker.is_admin(digest):
         return None
     route = f"{request.method} {request.path}"
     text = NOT_ADMIN if checker.has_admin else NO_ADMIN_KEY
@@ -160,12 +160,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if key is None:
         return error_response(401, MISSING_KEY, _CHALLENGE)
     checker = request.app[state.KEYS]
-    scope = await checker.scope(key)
+    digest = hash_key(key)  # hashed once: the key is known by its digest from here on
+    scope = await checker.scope(digest)
     if scope is None:
         return error_response(401, INVALID_KEY, _CHALLENGE)
-    request[state.KEY_DIGEST] = hash_key(key)  # the key's identity for per-key rate limits
+    request[state.KEY_DIGEST] = digest  # the key's identity for per-key rate limits
     # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
-    if (refusal := _admin_refusal(request, checker, key)) is not None:
+    if (refusal := _admin_refusal(request, checker, digest)) is not None:
         return refusal
     endpoint = request.match_info.get("endpoint_id")
     if scope and endpoint is not None and endpoint not in scope:

@@ -124,13 +124,6 @@ class TokenBucket:
     def spend(self) -> None:
         self.tokens -= 1.0
 
-    def take(self, now: float) -> float:
-        """0.0 when a token was spent, else the seconds until the next token."""
-        wait = self.wait(now)
-        if wait == 0.0:
-            self.spend()
-        return wait
-
     def is_full(self, now: float) -> bool:
         self._refill(now)
         return self.tokens >= self.capacity
@@ -180,11 +173,6 @@ class RateLimiter:
         for _, _, bucket in found:
             bucket.spend()
         return None
-
-    def check(self, endpoint: str, route: str, now: float) -> float:
-        """The endpoint bucket only: 0.0 when the request may go ahead, else the seconds to wait."""
-        refusal = self.admit(route, endpoint, None, now)
-        return 0.0 if refusal is None else refusal.wait_s
 
     def _prune(self, now: float) -> None:
         if len(self._buckets) >= MAX_BUCKETS:
