@@ -165,16 +165,12 @@ class JobStore:
     ) -> JobRecord:
         """Submit and wait for the result (/runsync). The waiter is registered before the
         job exists, so no read is needed before the first notification."""
-        notifier = await self._started_notifier()
         _check_id(endpoint, "endpoint")
         record = self.new_record(endpoint, request, sync=sync, job_id=None, now=now_ms())
-        event = notifier.register(record.id)
-        try:
+        async with self.watching(record.id) as event:
             await self._insert(record)
             latest = await self._wait_on(record.id, event, timeout_s, read_first=False)
             return latest or record
-        finally:
-            notifier.unregister(record.id, event)
 
     async def _started_notifier(self) -> Notifier:
         if self._notifier is None:
