@@ -68,7 +68,7 @@ def run_worker(config: HandlerConfig, settings: Settings) -> None:
     worker_id = settings.worker_id or default_worker_id()
     try:
         apply_memory_cap(settings.worker_memory_mb)
-        refresh = _run(serve(config, settings, worker_id))
+        refresh = eventloop.run(serve(config, settings, worker_id))
     except PodqError as e:
         print(f"podq worker: {e}", file=sys.stderr)
         sys.exit(1)
@@ -92,7 +92,6 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
     store = JobStore(await connect(settings.redis_dsn), settings)
     blocking = await connect_single(settings.redis_dsn)
     worker = Worker(config, store, blocking, settings, settings.endpoint_id, worker_id)
-    worker.memory_cap_mb = settings.worker_memory_mb or None
     worker.install_signal_handlers()
     watchdog = Watchdog(worker, settings, on_blocked=lambda: reexec(worker_id))
     watchdog.start()
@@ -104,6 +103,3 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
         await store.close()
     return worker.refresh_requested
 
-
-def _run(coro: Any) -> Any:
-    return eventloop.run(coro)

@@ -65,6 +65,7 @@ BLOCKED_LOOP_NOTE = (
 
 
 def out_of_memory(memory_cap_mb: int | None) -> str:
+    """Why a MemoryError happened: over the worker's cap (PODQ_WORKER_MEMORY_MB) when one is set."""
     if memory_cap_mb:
         return (f"out of memory: the handler went over the worker's memory cap of {memory_cap_mb} MB "
                 "(PODQ_WORKER_MEMORY_MB); raise the cap or use less memory per job")

@@ -73,7 +73,6 @@ class Worker:
         self.started_at = now_ms()
         self.idle_since = self.started_at
         self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
-        self.memory_cap_mb: int | None = None  # PODQ_WORKER_MEMORY_MB, set by worker/process.py
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -235,7 +234,7 @@ class Worker:
                 if failed is not None:
                     return failed
         except Exception as e:
-            return results.from_exception(e, self.worker_id, memory_cap_mb=self.memory_cap_mb)
+            return results.from_exception(e, self.worker_id, memory_cap_mb=self.settings.worker_memory_mb)
         return results.from_stream(aggregate)
 
     async def _stream(self, item: Any, reporter: Reporter, aggregate: list[bytes] | None) -> Outcome | None:
