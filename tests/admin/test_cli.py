@@ -11,12 +11,12 @@ import pytest
 
 from serverless.admin_cli import table
 from serverless.model import EndpointStatus
-from tests.admin.conftest import ThreadedGateway
+from tests.admin.conftest import LiveGateway
 from tests.gateway.conftest import ADMIN_KEY
 
 
 def podq(
-    live: ThreadedGateway, *args: str, key: str | None = ADMIN_KEY
+    live: LiveGateway, *args: str, key: str | None = ADMIN_KEY
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODQ_")}
     auth = ("--api-key", key) if key else ()
@@ -31,7 +31,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def test_template_and_endpoint_commands_end_to_end(live: ThreadedGateway) -> None:
+def test_template_and_endpoint_commands_end_to_end(live: LiveGateway) -> None:
     template = json.loads(ok(podq(
         live, "template", "create", "--name", "echo", "--handler", "examples/echo.py",
         "--env", "MODEL=tiny", "--env", "MODE=a=b", "--id", "tpl-cli",
@@ -69,7 +69,7 @@ def test_template_and_endpoint_commands_end_to_end(live: ThreadedGateway) -> Non
     assert "no endpoints; create one with" in ok(podq(live, "endpoint", "list"))
 
 
-def test_errors_print_the_servers_message_and_exit_1(live: ThreadedGateway) -> None:
+def test_errors_print_the_servers_message_and_exit_1(live: LiveGateway) -> None:
     ok(podq(live, "template", "create", "--name", "echo", "--handler", "h.py", "--id", "tpl-1"))
     bad = podq(live, "endpoint", "create", "--name", "e", "--template-id", "tpl-1",
                "--workers-min", "5", "--workers-max", "1")
@@ -86,7 +86,7 @@ def test_errors_print_the_servers_message_and_exit_1(live: ThreadedGateway) -> N
     assert no_key.returncode == 1 and "401 Unauthorized" in no_key.stderr
 
 
-def test_usage_errors_exit_2(live: ThreadedGateway) -> None:
+def test_usage_errors_exit_2(live: LiveGateway) -> None:
     missing = podq(live, "endpoint", "create", "--name", "e")
     assert missing.returncode == 2 and "--template-id" in missing.stderr
     label = podq(live, "endpoint", "update", "ep-1", "--labels", "novalue")

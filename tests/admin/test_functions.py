@@ -21,14 +21,14 @@ from serverless.errors import (
     PodqError,
 )
 from serverless.model import EndpointStatus
-from tests.admin.conftest import ThreadedGateway
+from tests.admin.conftest import LiveGateway
 
 
 def echo_template() -> dict:
     return serverless.create_template("echo", None, handler="examples/echo.py", env={"N": 1})
 
 
-def test_create_template_takes_runpods_arguments(live: ThreadedGateway) -> None:
+def test_create_template_takes_runpods_arguments(live: LiveGateway) -> None:
     template = serverless.create_template(
         "sd", "me/sd:1", docker_start_cmd="python -u handler.py", container_disk_in_gb=20,
         volume_in_gb=None, volume_mount_path="/models", ports="8888/http, 22/tcp",
@@ -43,7 +43,7 @@ def test_create_template_takes_runpods_arguments(live: ThreadedGateway) -> None:
     assert serverless.get_templates() == [template]
 
 
-def test_create_endpoint_returns_a_dict_with_runpods_fields(live: ThreadedGateway) -> None:
+def test_create_endpoint_returns_a_dict_with_runpods_fields(live: LiveGateway) -> None:
     template = echo_template()
     endpoint = serverless.create_endpoint(
         "echo", template["id"], gpu_ids="AMPERE_24", network_volume_id="vol-1", locations="US",
@@ -60,7 +60,7 @@ def test_create_endpoint_returns_a_dict_with_runpods_fields(live: ThreadedGatewa
     assert serverless.get_endpoint("ep-echo") == endpoint
 
 
-def test_update_functions_and_delete(live: ThreadedGateway) -> None:
+def test_update_functions_and_delete(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"])
     bigger = serverless.update_endpoint(endpoint.id, workers_max=8, idle_timeout=60)
     assert (bigger["workers_max"], bigger["idle_timeout"], bigger["version"]) == (8, 60, 1)
@@ -74,7 +74,7 @@ def test_update_functions_and_delete(live: ThreadedGateway) -> None:
     assert serverless.get_endpoints() == []
 
 
-def test_errors_quote_the_gateways_message(live: ThreadedGateway) -> None:
+def test_errors_quote_the_gateways_message(live: LiveGateway) -> None:
     template = echo_template()
     with pytest.raises(BadRequest, match=r"HTTP 400 from POST http://.*/v1/endpoints: "
                                          r"workers_min \(4\) is above workers_max \(3\)"):
@@ -89,7 +89,7 @@ def test_errors_quote_the_gateways_message(live: ThreadedGateway) -> None:
 
 
 def test_a_key_that_is_not_the_admin_key_is_forbidden(
-    live: ThreadedGateway, monkeypatch: pytest.MonkeyPatch
+    live: LiveGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(serverless, "api_key", "user-key", raising=False)
     with pytest.raises(Forbidden, match="needs the admin key"):
@@ -122,7 +122,7 @@ def test_the_admin_root_follows_serverless_endpoint_url_base(
 # ---- lifecycle methods -------------------------------------------------------------------
 
 
-def test_pause_resume_and_scale_to_zero_write_the_registry(live: ThreadedGateway) -> None:
+def test_pause_resume_and_scale_to_zero_write_the_registry(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"], workers_min=1)
     assert endpoint.pause() is endpoint and endpoint["paused"] is True
     assert live.run(live.registry.require_endpoint(endpoint.id)).paused
@@ -134,7 +134,7 @@ def test_pause_resume_and_scale_to_zero_write_the_registry(live: ThreadedGateway
     assert live.run(live.registry.scale_to_zero_requested()) == set()
 
 
-def test_update_refresh_and_delete(live: ThreadedGateway) -> None:
+def test_update_refresh_and_delete(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"])
     endpoint.update(workers_max=5)
     assert endpoint["workers_max"] == 5
@@ -146,7 +146,7 @@ def test_update_refresh_and_delete(live: ThreadedGateway) -> None:
         endpoint.refresh()
 
 
-def _set_status_later(live: ThreadedGateway, endpoint_id: str, status: EndpointStatus,
+def _set_status_later(live: LiveGateway, endpoint_id: str, status: EndpointStatus,
                       reason: str = "") -> threading.Timer:
     def report() -> None:
         live.run(live.registry.set_status(endpoint_id, status, reason))
@@ -156,7 +156,7 @@ def _set_status_later(live: ThreadedGateway, endpoint_id: str, status: EndpointS
     return timer
 
 
-def test_wait_returns_once_the_scaler_reports_running(live: ThreadedGateway) -> None:
+def test_wait_returns_once_the_scaler_reports_running(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"])
     timer = _set_status_later(live, endpoint.id, EndpointStatus.RUNNING)
     started = time.monotonic()
@@ -165,7 +165,7 @@ def test_wait_returns_once_the_scaler_reports_running(live: ThreadedGateway) -> 
     timer.join()
 
 
-def test_wait_raises_a_timeout_error_naming_the_status(live: ThreadedGateway) -> None:
+def test_wait_raises_a_timeout_error_naming_the_status(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"])
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
@@ -178,7 +178,7 @@ def test_wait_raises_a_timeout_error_naming_the_status(live: ThreadedGateway) ->
     )
 
 
-def test_wait_raises_when_the_endpoint_failed(live: ThreadedGateway) -> None:
+def test_wait_raises_when_the_endpoint_failed(live: LiveGateway) -> None:
     endpoint = serverless.create_endpoint("echo", echo_template()["id"])
     timer = _set_status_later(live, endpoint.id, EndpointStatus.FAILED, "image 'x' not found")
     with pytest.raises(EndpointFailed, match=f"endpoint {endpoint.id} failed: image 'x' not found"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.admin.conftest import ThreadedGateway
+from tests.admin.conftest import LiveGateway
 from tests.admin.test_cli import ok, podq
 
 
@@ -42,7 +42,7 @@ async def test_bad_key_bodies(gateway) -> None:
     assert unknown.status == 400
 
 
-def test_keys_cli_create_list_revoke(live: ThreadedGateway) -> None:
+def test_keys_cli_create_list_revoke(live: LiveGateway) -> None:
     made = json.loads(ok(podq(live, "keys", "create", "--label", "bob", "--endpoint", "ep-1")))
     assert made["endpoints"] == ["ep-1"] and made["key"].startswith("podq_")
     listed = ok(podq(live, "keys", "list")).splitlines()

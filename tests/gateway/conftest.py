@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
 
-from serverless.gateway import GatewayOptions, create_app
+from serverless.gateway import GatewayOptions, create_app, start_gateway
 from serverless.gateway.webhooks import WebhookPolicy
 from serverless.model import Status, TakenJob
 from serverless.settings import Settings
 from serverless.store import JobStore
+
+T = TypeVar("T")
 
 ADMIN_KEY = "admin-test-key"
 # the test receivers listen on 127.0.0.1, a private address refused by default
@@ -126,3 +129,53 @@ async def workers(store: JobStore) -> AsyncIterator[Callable[..., None]]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---- a gateway for synchronous clients -----------------------------------------------------
+
+Beside = Callable[[JobStore], Awaitable[None]]
+
+
+class ThreadedGateway:
+    """A real gateway (start_gateway, its own Redis connections) on its own event loop in a
+    thread, for synchronous clients: httpx, the `runpod` package, schemathesis, the admin
+    functions. `beside` coroutines (in-test workers, given the gateway's store) run on that loop
+    while it serves; `run(coro)` runs a coroutine there. Use `start()`/`stop()` or `with`."""
+
+    def __init__(self, settings: Settings, options: GatewayOptions, beside: tuple[Beside, ...] = ()) -> None:
+        self.settings, self.options, self.beside = settings, options, beside
+        self.url = ""
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def start(self) -> ThreadedGateway:
+        self._thread.start()
+        assert self._ready.wait(10), "gateway thread did not start"
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def __enter__(self) -> ThreadedGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        gateway = await start_gateway(self.settings, "127.0.0.1", 0, self.options)
+        await gateway.store.redis.flushdb()  # our own redis-server, never a shared one
+        self.store = gateway.store
+        tasks = [asyncio.create_task(b(gateway.store)) for b in self.beside]
+        self.url = gateway.url
+        self._ready.set()
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await gateway.close()

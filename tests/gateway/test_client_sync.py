@@ -3,8 +3,6 @@ with its own event loop, real Redis and in-test workers."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -12,49 +10,15 @@ import pytest
 
 from serverless.client import Endpoint, Job
 from serverless.errors import JobFailed, NotFound, Unauthorized
-from serverless.gateway import GatewayOptions, start_gateway
+from serverless.gateway import GatewayOptions
 from serverless.settings import Settings
-from tests.gateway.conftest import ADMIN_KEY, work
-
-
-class ThreadedGateway:
-    """A gateway plus `n_workers` in-test workers for one endpoint, on a loop in a thread."""
-
-    def __init__(self, settings: Settings, endpoint: str, n_workers: int = 2) -> None:
-        self.settings, self.endpoint, self.n_workers = settings, endpoint, n_workers
-        self.url = ""
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    def start(self) -> ThreadedGateway:
-        self._thread.start()
-        assert self._ready.wait(10), "gateway thread did not start"
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        options = GatewayOptions(admin_key=ADMIN_KEY)
-        gateway = await start_gateway(self.settings, "127.0.0.1", 0, options)
-        tasks = [
-            asyncio.create_task(work(gateway.store, self.endpoint, f"w{i}"))
-            for i in range(self.n_workers)
-        ]
-        self.url = gateway.url
-        self._ready.set()
-        await self._stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await gateway.close()
+from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway, work
 
 
 @pytest.fixture
 def live(settings: Settings, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
-    server = ThreadedGateway(settings, endpoint).start()
+    workers = tuple(lambda store, i=i: work(store, endpoint, f"w{i}") for i in range(2))
+    server = ThreadedGateway(settings, GatewayOptions(admin_key=ADMIN_KEY), beside=workers).start()
     monkeypatch.setenv("PODQ_ENDPOINT_BASE_URL", f"{server.url}/v2")
     monkeypatch.setenv("PODQ_API_KEY", ADMIN_KEY)
     with Endpoint(endpoint) as client:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import urllib.request
 from collections.abc import Iterator
 
@@ -26,14 +25,14 @@ from schemathesis import Case, CheckContext, Response
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from serverless.codec import json_encode
-from serverless.gateway import GatewayOptions, start_gateway
+from serverless.gateway import GatewayOptions
 from serverless.gateway.app import api_spec
 from serverless.gateway.webhooks import WebhookPolicy
 from serverless.model import Status
 from serverless.redis_server import RedisProcess
 from serverless.settings import Settings
 from serverless.store import JobStore
-from tests.gateway.conftest import ADMIN_KEY
+from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
 
 pytestmark = pytest.mark.slow
 
@@ -52,46 +51,17 @@ async def finish_everything(store: JobStore) -> None:
             await asyncio.sleep(0.005)
 
 
-class FuzzedGateway:
-    """A gateway and the worker above, on their own loop in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings, self.url = settings, ""
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    def __enter__(self) -> FuzzedGateway:
-        self._thread.start()
-        assert self._ready.wait(10), "gateway thread did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        options = GatewayOptions(
-            admin_key=ADMIN_KEY,
-            # fuzzed webhook hosts are never waited on for long; private hosts are allowed,
-            # since whether one is refused depends on this setting, not on the schema
-            webhooks=WebhookPolicy(timeout_s=0.2, retries=0, retry_delay_s=0.0, allow_private=True),
-        )
-        gateway = await start_gateway(self.settings, "127.0.0.1", 0, options)
-        await gateway.store.redis.flushdb()  # our own redis-server, never a shared one
-        worker = asyncio.create_task(finish_everything(gateway.store))
-        self.url = gateway.url
-        self._ready.set()
-        await self._stop.wait()
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await gateway.close()
-
-
 @pytest.fixture(scope="module")
-def fuzzed(redis_server: RedisProcess) -> Iterator[FuzzedGateway]:
+def fuzzed(redis_server: RedisProcess) -> Iterator[ThreadedGateway]:
+    """The gateway under fuzz, with a worker that completes every job (finish_everything)."""
     settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300)
-    with FuzzedGateway(settings) as gateway:
+    options = GatewayOptions(
+        admin_key=ADMIN_KEY,
+        # fuzzed webhook hosts are never waited on for long; private hosts are allowed,
+        # since whether one is refused depends on this setting, not on the schema
+        webhooks=WebhookPolicy(timeout_s=0.2, retries=0, retry_delay_s=0.0, allow_private=True),
+    )
+    with ThreadedGateway(settings, options, beside=(finish_everything,)) as gateway:
         yield gateway
 
 
@@ -118,7 +88,7 @@ def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | N
     return True
 
 
-def test_the_fuzzed_schema_is_the_served_one(fuzzed: FuzzedGateway) -> None:
+def test_the_fuzzed_schema_is_the_served_one(fuzzed: ThreadedGateway) -> None:
     with urllib.request.urlopen(f"{fuzzed.url}/openapi.json", timeout=10) as response:
         assert response.read() == json_encode(api_spec())
 
@@ -151,7 +121,7 @@ def valid_data_is_accepted_or_refused_by_the_registry(
 
 
 @schema.parametrize()
-def test_every_route_survives_fuzzing(case: Case, fuzzed: FuzzedGateway) -> None:
+def test_every_route_survives_fuzzing(case: Case, fuzzed: ThreadedGateway) -> None:
     case.call_and_validate(
         base_url=fuzzed.url,
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
