@@ -6,10 +6,9 @@ results kept 30 min after /run and 1 min after /runsync, executionTimeout 10 min
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import os
 from collections.abc import Mapping
+from typing import Annotated
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
