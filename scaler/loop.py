@@ -22,7 +22,7 @@ from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec
 from scaler.leader import Leader
 from scaler.policy import Observed, desired_workers
 from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
-from serverless import nvml
+from serverless import lifecycle, nvml
 from serverless.model import EndpointConfig, EndpointStatus, GpuInfo, WorkerState
 from serverless.registry import Registry
 from serverless.settings import Settings
@@ -63,7 +63,10 @@ class Scaler:
         self.registry, self.store, self.backends, self.settings = registry, store, backends, settings
         self.ident = ident or f"scaler-{uuid.uuid4().hex[:8]}"
         self.tick_s = tick_s
-        self.timing = timing or Timing(stale_after_ms=store.stale_after_ms)
+        self.timing = timing or Timing(
+            stale_after_ms=store.stale_after_ms, ready_timeout_ms=settings.boot_timeout_ms,
+            stuck_grace_ms=settings.runpod_stop_grace_ms,
+        )
         self.inventory = inventory
         self.leader = Leader(store.redis, self.ident)
         self.backoff = Backoff()
@@ -142,7 +145,12 @@ class Scaler:
         if zero_requested and (queue.in_queue or queue.in_progress):
             await self.registry.clear_scale_to_zero(endpoint.id)  # a job woke it up
             zero_requested = False
-        beats = {b.id: b for b in await self.store.workers(endpoint.id)}
+        beats = {}
+        for b in await self.store.workers(endpoint.id):
+            if lifecycle.is_gone(b, now, self.store.stale_after_ms):  # a RunPod worker that exited
+                await self.store.remove_worker(endpoint.id, b.id)
+            else:
+                beats[b.id] = b
         ready = {b.id for b in beats.values() if b.state is not WorkerState.INITIALIZING}
         for worker_id in ready:
             self._booting.pop(worker_id, None)

@@ -19,6 +19,7 @@ from enum import StrEnum
 import msgspec
 
 from scaler.backends.base import WorkerHandle
+from serverless import lifecycle
 from serverless.model import EndpointConfig, EndpointStatus, WorkerBeat, WorkerState
 
 
@@ -33,6 +34,8 @@ class Health(StrEnum):
 class Timing(msgspec.Struct, frozen=True, kw_only=True):
     stale_after_ms: int = 6_000  # heartbeat silence that makes a worker unhealthy
     ready_timeout_ms: int = 120_000  # time a new worker gets to send its first heartbeat
+    # time a RunPod worker may go on running a job that was cancelled or timed out
+    stuck_grace_ms: int = 30_000
 
 
 class Start(msgspec.Struct, tag=True):
@@ -59,11 +62,25 @@ def health(handle: WorkerHandle, beat: WorkerBeat | None, now: int, timing: Timi
         # loading its model: only the ready timeout applies, not heartbeat silence
         waited = now - handle.started_at
         return Health.UNHEALTHY if waited > timing.ready_timeout_ms else Health.STARTING
-    if now - beat.seen_at > timing.stale_after_ms:
+    if now - beat.seen_at > lifecycle.stale_after(beat, timing.stale_after_ms):
+        return Health.UNHEALTHY
+    if beat.state is WorkerState.UNHEALTHY:  # it said so (a RunPod worker's failed check)
         return Health.UNHEALTHY
     if beat.state is WorkerState.RUNNING:
         return Health.RUNNING
     return Health.IDLE if beat.state is WorkerState.IDLE else Health.STARTING
+
+
+def recycle_reason(beat: WorkerBeat | None, now: int, timing: Timing) -> str | None:
+    """Why a live worker must be replaced although it is healthy, or None."""
+    if beat is None:
+        return None
+    if beat.recycle:
+        return "worker asked to be replaced (stopPod / refresh_worker)"
+    if beat.stuck_since and now - beat.stuck_since > timing.stuck_grace_ms:
+        return (f"worker still runs a job that was cancelled or timed out "
+                f"{(now - beat.stuck_since) // 1000} s ago (its SDK cannot stop it)")
+    return None
 
 
 def reconcile(
@@ -80,6 +97,10 @@ def reconcile(
         Stop(h, f"worker is {s.value}") for h, _, s in states if s in (Health.DEAD, Health.UNHEALTHY)
     ]
     alive = [(h, b, s) for h, b, s in states if s not in (Health.DEAD, Health.UNHEALTHY)]
+    recycled = [(h, why) for h, b, _ in alive if (why := recycle_reason(b, now, timing))]
+    actions += [Stop(h, why) for h, why in recycled]
+    gone = {h.worker_id for h, _ in recycled}
+    alive = [x for x in alive if x[0].worker_id not in gone]
     current = [x for x in alive if x[0].version == endpoint.version]
     old = [x for x in alive if x[0].version != endpoint.version]
     if force_zero:

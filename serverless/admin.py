@@ -83,8 +83,10 @@ class AdminClient:
         return protocol.decode_reply(request, reply)
 
     # API keys
-    def create_key(self, label: str = "", endpoints: list[str] | None = None) -> dict[str, Any]:
-        return self.call("POST", "keys", {"label": label, "endpoints": endpoints or []})
+    def create_key(
+        self, label: str = "", endpoints: list[str] | None = None, worker: bool = False
+    ) -> dict[str, Any]:
+        return self.call("POST", "keys", {"label": label, "endpoints": endpoints or [], "worker": worker})
 
     def keys(self) -> list[dict[str, Any]]:
         return self.call("GET", "keys")

@@ -9,6 +9,11 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
               podq:ep:{ep}:workers     HASH  worker id -> WorkerBeat
               podq:ep:{ep}:done        channel: job ids as they reach a terminal status
               podq:ep:{ep}:cancel      channel: running job ids that were cancelled
+              podq:ep:{ep}:deadlines   ZSET  jobs run by RunPod-protocol workers, score =
+                                             executionTimeout deadline ms (podq enforces it)
+              podq:ep:{ep}:held:{w}    SET   jobs handed to RunPod-protocol worker w (a take
+                                             with job_in_progress=0 requeues those it still has)
+              podq:ep:{ep}:stops:{w}   LIST  cancelled / timed-out job ids for worker w's job-stop
 Global:       podq:endpoints           SET   endpoint ids that ever got a job (for the reaper)
               podq:webhooks            LIST  ids of finished jobs with a webhook still to deliver
               podq:apikeys             HASH  sha256(key) -> label
@@ -37,6 +42,10 @@ BELL = "podq:ep:{}:bell"
 WORKERS = "podq:ep:{}:workers"
 DONE = "podq:ep:{}:done"
 CANCEL = "podq:ep:{}:cancel"
+DEADLINES = "podq:ep:{}:deadlines"
+HELD = "podq:ep:{}:held"  # + ":" + worker id
+STOPS = "podq:ep:{}:stops"  # + ":" + worker id
+WORKER_KEY_SECRET = "podq:scaler:worker-key-secret"
 ENDPOINTS = "podq:endpoints"
 API_KEYS = "podq:apikeys"
 REGISTRY_ENDPOINTS = "podq:registry:endpoints"
@@ -102,6 +111,18 @@ def cancel(endpoint: str) -> str:
 
 
 
+def deadlines(endpoint: str) -> str:
+    return DEADLINES.format(endpoint)
+
+
+def held(endpoint: str, worker_id: str) -> str:
+    return f"{HELD.format(endpoint)}:{worker_id}"
+
+
+def stops(endpoint: str, worker_id: str) -> str:
+    return f"{STOPS.format(endpoint)}:{worker_id}"
+
+
 def endpoint_of_channel(channel: str) -> str:
     head, tail = DONE.split("{}")
     return channel[len(head) : len(channel) - len(tail)]
@@ -117,6 +138,7 @@ def lua_header() -> str:
     names = {
         "job": JOB, "chunks": CHUNKS, "queue": QUEUE, "leases": LEASES, "stats": STATS,
         "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,
+        "deadlines": DEADLINES, "held": HELD, "stops": STOPS,
     }
     lines = [_lua_key_fn(n, t) for n, t in names.items()]
     lines.append(f"local BELL_CAP = {BELL_CAP}")

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="", help="who or what the key is for")
     create.add_argument("--endpoint", action="append", default=[], dest="endpoints",
                         help="an endpoint the key may reach (repeat; none: every endpoint)")
+    create.add_argument("--worker", action="store_true",
+                        help="a worker key: RunPod-protocol worker routes only (RUNPOD_AI_API_KEY)")
     sub.add_parser("list", help="stored keys: digest, label, endpoints", parents=[conn])
     revoke = sub.add_parser("revoke", help="revoke a key by its digest", parents=[conn])
     revoke.add_argument("digest")
@@ -29,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(client: AdminClient, args: argparse.Namespace) -> str:
     if args.command == "create":
-        return json.dumps(client.create_key(args.label, args.endpoints), indent=2)
+        return json.dumps(client.create_key(args.label, args.endpoints, args.worker), indent=2)
     if args.command == "revoke":
         return json.dumps(client.revoke_key(args.digest), indent=2)
-    rows = [(k["digest"], k.get("label", ""), ",".join(k.get("endpoints", [])) or "*")
-            for k in client.keys()]
-    return table(("DIGEST", "LABEL", "ENDPOINTS"), rows)
+    rows = [(k["digest"], k.get("label", ""), ",".join(k.get("endpoints", [])) or "*",
+             "worker" if k.get("worker") else "client") for k in client.keys()]
+    return table(("DIGEST", "LABEL", "ENDPOINTS", "KIND"), rows)
 
 
 def main(argv: list[str]) -> None:

@@ -119,11 +119,33 @@ def body_json(body: StatusBody) -> bytes:
     return msgspec.json.encode(body)
 
 
+# A worker silent for this many of its heartbeat periods is unhealthy ...
+STALE_BEATS = 3
+# ... and one silent for this many is gone: not counted at all (a RunPod-protocol worker cannot
+# remove its own entry when it exits; the scaler, or this rule, forgets it)
+GONE_BEATS = 30
+
+
+def stale_after(beat: WorkerBeat, default_ms: int) -> int:
+    """How long `beat`'s worker may stay silent before it counts as unhealthy: three of its own
+    heartbeat periods (RunPod workers ping less often than podq's runtime beats)."""
+    return STALE_BEATS * beat.interval_ms if beat.interval_ms else default_ms
+
+
+def is_gone(beat: WorkerBeat, now_ms: int, default_ms: int) -> bool:
+    """A RunPod-protocol worker silent for GONE_BEATS periods has exited."""
+    return bool(beat.interval_ms) and now_ms - beat.seen_at > GONE_BEATS * beat.interval_ms
+
+
 def worker_counts(beats: list[WorkerBeat], now_ms: int, stale_after_ms: int) -> WorkerCounts:
-    """Count workers by state; one silent for `stale_after_ms` counts as unhealthy."""
+    """Count workers by state; one silent for `stale_after_ms` (or three of its own heartbeat
+    periods) counts as unhealthy, and so does one that said it is."""
     counts = WorkerCounts()
     for beat in beats:
-        silent = now_ms - beat.seen_at > stale_after_ms and beat.state is not WorkerState.INITIALIZING
+        if is_gone(beat, now_ms, stale_after_ms):
+            continue
+        quiet = now_ms - beat.seen_at > stale_after(beat, stale_after_ms)
+        silent = quiet and beat.state is not WorkerState.INITIALIZING
         state = WorkerState.UNHEALTHY if silent else beat.state
         setattr(counts, state.value, getattr(counts, state.value) + 1)
     return counts

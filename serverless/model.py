@@ -114,6 +114,14 @@ class WorkerState(StrEnum):
     UNHEALTHY = "unhealthy"
 
 
+class WorkerProtocol(StrEnum):
+    """How a worker talks to podq: its own runtime over Redis, or RunPod's worker-side HTTP
+    protocol (an unmodified `runpod.serverless.start` worker image) through the gateway."""
+
+    PODQ = "podq"
+    RUNPOD = "runpod"
+
+
 class WorkerBeat(msgspec.Struct, kw_only=True):
     """A worker's heartbeat as stored in the endpoint's worker registry."""
 
@@ -129,6 +137,17 @@ class WorkerBeat(msgspec.Struct, kw_only=True):
     started_at: int = 0
     idle_since: int = 0  # when the worker last had no job (0 while running one)
     version: int = 0  # the endpoint version it was started for (scaler rolling updates)
+    protocol: WorkerProtocol = WorkerProtocol.PODQ
+    # its heartbeat period; 0: the podq runtime's (Settings.heartbeat_ms). RunPod workers ping
+    # every RUNPOD_PING_INTERVAL, which is longer, so silence is judged per worker
+    interval_ms: int = 0
+    runpod_version: str = ""  # the SDK version a RunPod worker reports in its pings
+    reason: str = ""  # why it is unhealthy, as the worker said (a failed fitness check)
+    # it asked to be replaced (RunPod's stopPod / refresh_worker): the scaler stops it
+    recycle: bool = False
+    # since when it still runs a job that was cancelled or timed out (a RunPod worker whose SDK
+    # cannot stop it: sync handlers, SDK < 1.10); 0 when none. Past a grace it is recycled
+    stuck_since: int = 0
 
 
 class JobCounts(msgspec.Struct):
@@ -189,6 +208,8 @@ class Template(msgspec.Struct, kw_only=True, omit_defaults=True):
     docker_start_cmd: str | None = None
     # handler file (process backend: a path on the host; docker: a path inside the image)
     handler: str | None = None
+    # runpod: the image's own entrypoint runs unchanged and speaks RunPod's worker protocol
+    protocol: WorkerProtocol = WorkerProtocol.PODQ
     env: dict[str, str] = {}
     container_disk_in_gb: int = 10
     volume_in_gb: int = 0
@@ -230,4 +251,6 @@ class ApiKey(msgspec.Struct, kw_only=True, omit_defaults=True):
     digest: str
     label: str = ""
     endpoints: list[str] = []
+    # a worker key: reaches only the worker-protocol routes of its endpoints, never the client API
+    worker: bool = False
     created_at: int = 0

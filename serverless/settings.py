@@ -49,6 +49,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_rate_limits: str = ""
     # webhooks to private / loopback addresses (refused by default: SSRF)
     webhook_allow_private: bool = False
+    # a new worker's time to its first heartbeat (a RunPod image loads its model before it
+    # pings; nothing is sent meanwhile); past it the worker is replaced
+    boot_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 600_000
+    # ---- RunPod-protocol workers (docs/runpod-workers.md) ----
+    # the gateway's URL as workers reach it (RUNPOD_WEBHOOK_* point there)
+    gateway_url: str = "http://127.0.0.1:8000"
+    # RUNPOD_PING_INTERVAL given to the workers podq starts: whole seconds, at least 1 s (the
+    # SDK turns it into seconds with // 1000, and 0 s crashes its ping process); a job's lease
+    # lasts three intervals
+    runpod_ping_ms: Annotated[int, msgspec.Meta(ge=1000, multiple_of=1000)] = 10_000
+    # how long a job-take / job-stop long-poll is held before an empty answer (every SDK gives
+    # up on a take after 30 or 90 s)
+    runpod_hold_ms: Annotated[int, msgspec.Meta(ge=100, le=25_000)] = 20_000
+    # how long a RunPod worker may keep pinging a job that was cancelled or timed out (a sync
+    # handler, or an SDK before 1.10, cannot be stopped) before the scaler replaces it
+    runpod_stop_grace_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
+
+    @property
+    def runpod_lease_ms(self) -> int:
+        """A RunPod worker's job lease: three ping intervals (its pings renew it)."""
+        return 3 * self.runpod_ping_ms
 
     @property
     def redis_dsn(self) -> str:
@@ -89,6 +110,11 @@ _ENV = {
     "rate_limits": "PODQ_RATE_LIMITS",
     "key_rate_limits": "PODQ_KEY_RATE_LIMITS",
     "webhook_allow_private": "PODQ_WEBHOOK_ALLOW_PRIVATE",
+    "boot_timeout_ms": "PODQ_BOOT_TIMEOUT_MS",
+    "gateway_url": "PODQ_GATEWAY_URL",
+    "runpod_ping_ms": "PODQ_RUNPOD_PING_MS",
+    "runpod_hold_ms": "PODQ_RUNPOD_HOLD_MS",
+    "runpod_stop_grace_ms": "PODQ_RUNPOD_STOP_GRACE_MS",
 }
 
 

@@ -37,8 +37,14 @@ from serverless.model import (
 from serverless.notify import Notifier
 from serverless.settings import Settings
 
-_SCRIPTS = ("submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge")
+_SCRIPTS = (
+    "submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge", "ping", "release",
+)
 TTL_ERROR = "job waited longer than its ttl of %d ms before a worker took it"
+TIMEOUT_ERROR = (
+    "execution took longer than executionTimeout of %d ms; "
+    "raise policy.executionTimeout or make the handler faster"
+)
 PURGE_ERROR = "removed from the queue by purge-queue"
 PURGE_BATCH = 1000  # queued jobs ended per purge script call
 CHUNK_STREAM_MAXLEN = 1_000_000
@@ -229,7 +235,8 @@ class JobStore:
         result = await self._transition(
             job_id, Event.RETRY, now,
             set_={"score": now, "tries": 0, "submitted_at": now},
-            delete=("output", "error", "started_at", "finished_at", "worker_id", "cursor"),
+            delete=("output", "error", "started_at", "finished_at", "worker_id", "cursor",
+                    "remote", "deadline"),
         )
         if result.outcome == "missing":
             raise NotFound(f"job '{job_id}' not found (unknown, or its result expired)")
@@ -309,6 +316,57 @@ class JobStore:
         )
         return [taken_from_reply(endpoint, item) for item in reply]
 
+    # ---- RunPod-protocol workers (the gateway's worker routes act for them) ---------------
+
+    async def take_for_runpod(
+        self, endpoint: str, worker_id: str, count: int, execution_timeout_ms: int,
+        now: int | None = None,
+    ) -> list[TakenJob]:
+        """take_many for a worker that speaks RunPod's protocol: the lease lasts three of its
+        ping intervals, podq keeps the job's executionTimeout deadline (the SDK never enforces
+        one; `execution_timeout_ms` applies when the job has none) and remembers the hand-off,
+        so a worker that says it holds nothing gives the job back (`release_runpod_worker`)."""
+        reply = await self._scripts["take"](
+            keys=[keys.queue(endpoint), keys.leases(endpoint), keys.deadlines(endpoint),
+                  keys.held(endpoint, worker_id)],
+            args=[endpoint, now or now_ms(), self.settings.runpod_lease_ms, worker_id, TTL_ERROR,
+                  count, execution_timeout_ms],
+        )
+        return [taken_from_reply(endpoint, item) for item in reply]
+
+    async def ping_runpod_jobs(
+        self, endpoint: str, worker_id: str, job_ids: list[str], now: int | None = None
+    ) -> list[str]:
+        """Renew the leases of the jobs a RunPod worker's ping lists (those it still holds);
+        returns the listed jobs it keeps running after they were cancelled or timed out."""
+        if not job_ids:
+            return []
+        deadline = (now or now_ms()) + self.settings.runpod_lease_ms
+        stuck = await self._scripts["ping"](
+            keys=[keys.leases(endpoint)], args=[deadline, worker_id, *job_ids]
+        )
+        return [x.decode() for x in stuck]
+
+    async def release_runpod_worker(self, endpoint: str, worker_id: str, now: int | None = None) -> int:
+        """The worker holds no job: requeue every job still IN_PROGRESS under it (lost hand-offs)."""
+        return int(await self._scripts["release"](
+            keys=[keys.held(endpoint, worker_id)], args=[endpoint, worker_id, now or now_ms()]
+        ))
+
+    async def pop_stops(self, endpoint: str, worker_id: str, timeout_s: float) -> list[str]:
+        """Job ids the worker must stop (cancelled, timed out), each handed out once; waits up
+        to `timeout_s` for the first."""
+        key = keys.stops(endpoint, worker_id)
+        first = await self.redis.blpop([key], timeout=timeout_s)
+        if first is None:
+            return []
+        rest = await self.redis.lpop(key, 1000) or []
+        return [first[1].decode(), *(x.decode() for x in rest)]
+
+    async def worker(self, endpoint: str, worker_id: str) -> WorkerBeat | None:
+        raw = await self.redis.hget(keys.workers(endpoint), worker_id)
+        return None if raw is None else beat_decoder.decode(raw)
+
     async def renew(self, endpoint: str, attempts: dict[str, int], now: int | None = None) -> list[str]:
         """Extend the leases of running jobs; returns the ids this worker no longer holds."""
         if not attempts:
@@ -358,17 +416,19 @@ class JobStore:
         """Give a running job back to the queue (worker drain); the try is not counted."""
         result = await self._transition(
             job_id, Event.REQUEUE, now or now_ms(), attempt=attempt,
-            set_={"+tries": -1}, delete=("output", "started_at", "worker_id"),
+            set_={"+tries": -1}, delete=("output", "started_at", "worker_id", "remote", "deadline"),
         )
         return result.outcome == "ok"
 
     async def reap(self, endpoint: str, now: int | None = None, limit: int = 200) -> tuple[int, int]:
-        """Requeue (or fail, when out of attempts) jobs whose lease expired."""
-        requeued, failed = await self._scripts["reap"](
-            keys=[keys.leases(endpoint)],
+        """Requeue (or fail, when out of attempts) jobs whose lease expired, and end TIMED_OUT
+        the jobs of RunPod-protocol workers past their executionTimeout. Returns (requeued,
+        failed); timed-out jobs are announced like any other end (done channel, job-stop)."""
+        requeued, failed, _ = await self._scripts["reap"](
+            keys=[keys.leases(endpoint), keys.deadlines(endpoint)],
             args=[
                 endpoint, now or now_ms(), self.settings.max_attempts,
-                lifecycle.LEASE_LOST_ERROR, limit,
+                lifecycle.LEASE_LOST_ERROR, limit, TIMEOUT_ERROR,
             ],
         )
         return int(requeued), int(failed)

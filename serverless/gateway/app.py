@@ -20,6 +20,7 @@ from serverless import periodic
 from serverless.codec import json_encode
 from serverless.gateway import admin_routes as admin
 from serverless.gateway import key_routes, routes, state
+from serverless.gateway import worker_routes as wr
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
 from serverless.gateway.error_responses import error_middleware
 from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings, rate_limit_middleware
@@ -66,6 +67,30 @@ ROUTES: tuple[Route, ...] = (
           "This document", public=True),
 )
 
+# RunPod's worker-side protocol (unmodified `runpod` worker images): worker keys or the admin key
+def _worker_path(route: str, job: bool = False) -> str:
+    return f"{V2}/{route}/{{worker_id}}" + ("/{job_id}" if job else "")
+
+
+_TAKE = (
+    Param("job_in_progress", "query", "0: the worker holds no job (jobs handed to it go back to the queue)"),
+)
+WORKER_ROUTES: tuple[Route, ...] = (
+    Route("job-take", ("GET",), _worker_path("job-take"), wr.job_take,
+          "Worker: take one job (long-poll; 204 when none came)", params=_TAKE),
+    Route("job-take-batch", ("GET",), _worker_path("job-take-batch"), wr.job_take,
+          "Worker: take up to batch_size jobs (long-poll; 204 when none came)",
+          params=(*_TAKE, Param("batch_size", "query", "most jobs to hand over (1..1000)", "integer"))),
+    Route("job-done", ("POST",), _worker_path("job-done", job=True), wr.job_done,
+          "Worker: a job's result, or a progress update", reply=wr.Accepted, errors=(413,)),
+    Route("job-stream", ("POST",), _worker_path("job-stream", job=True), wr.job_stream,
+          "Worker: one stream chunk of a running job", reply=wr.Accepted, errors=(413,)),
+    Route("ping", ("GET",), _worker_path("ping"), wr.ping,
+          "Worker: heartbeat listing the jobs it holds", reply=wr.Pong),
+    Route("job-stop", ("GET",), _worker_path("job-stop"), wr.job_stop,
+          "Worker: jobs to stop (long-poll; 204 when none)", reply=wr.JobsToStop),
+)
+
 # the admin API: templates and endpoints in the registry; the admin key only (403 otherwise)
 ADMIN_ROUTES: tuple[Route, ...] = (
     Route("create-template", ("POST",), "/v1/templates", admin.create_template,
@@ -104,7 +129,7 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("revoke-key", ("DELETE",), "/v1/keys/{digest}", key_routes.revoke_key,
           "Revoke a key by its digest", reply=key_routes.Revoked, admin=True),
 )
-ALL_ROUTES = ROUTES + ADMIN_ROUTES
+ALL_ROUTES = ROUTES + WORKER_ROUTES + ADMIN_ROUTES
 
 _POLICY_MS = {"minimum": 1, "maximum": routes.POLICY_MAX_MS}
 # what the handlers check beyond the Structs' types, so the document promises no more than they take

@@ -10,6 +10,7 @@ by digest, so a lookup's timing can only reveal the digest of a guess, never the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -67,7 +68,9 @@ def admin_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(ADMIN_KEY_ENV) or None
 
 
-async def add_key(redis: Redis, key: str, label: str = "", endpoints: Iterable[str] = ()) -> str:
+async def add_key(
+    redis: Redis, key: str, label: str = "", endpoints: Iterable[str] = (), *, worker: bool = False
+) -> str:
     """Store an API key (as its digest) so every gateway replica accepts it.
 
     Args:
@@ -75,11 +78,14 @@ async def add_key(redis: Redis, key: str, label: str = "", endpoints: Iterable[s
         key: the plain key; it is hashed here and never stored.
         label: a note for admins (who owns the key).
         endpoints: the endpoints the key may reach; empty means every endpoint.
+        worker: a worker key: it reaches only the RunPod worker-protocol routes (job-take,
+            job-done, ...) of its endpoints, and a client key never reaches those.
 
     Returns:
         The digest the key is stored under (use it to revoke the key).
     """
-    record = ApiKey(digest=hash_key(key), label=label, endpoints=sorted(set(endpoints)), created_at=now_ms())
+    record = ApiKey(digest=hash_key(key), label=label, endpoints=sorted(set(endpoints)),
+                    worker=worker, created_at=now_ms())
     await redis.hset(keys.API_KEYS, record.digest, msgspec.json.encode(record))
     return record.digest
 
@@ -103,8 +109,29 @@ def _record(digest: str, raw: bytes) -> ApiKey:
 
 
 _key_decoder = msgspec.json.Decoder(ApiKey)
-# a scope: None = the key is not valid; an empty set = every endpoint
+# a scope's endpoints: an empty set = every endpoint
 ALL_ENDPOINTS: frozenset[str] = frozenset()
+# Routes only RunPod-protocol workers call (serverless/gateway/worker_routes.py): worker keys
+# and the admin key reach them, client keys do not; worker keys reach nothing else.
+WORKER_ROUTES = frozenset({"job-take", "job-take-batch", "job-done", "job-stream", "ping", "job-stop"})
+# A worker that presents a bad key re-polls at once (the SDK retries 401s without a pause):
+# refusals on worker routes are answered after this pause so a misconfigured worker cannot spin.
+WORKER_REFUSAL_PAUSE_S = 1.0
+CLIENT_ON_WORKER_ROUTE = (
+    "{route} is a worker route (RunPod's worker protocol): use a worker key "
+    "(`podq keys create --worker --endpoint ID`) or the admin key, not a client key"
+)
+WORKER_ON_CLIENT_ROUTE = (
+    "this is a worker key: it reaches only the worker-protocol routes (job-take, job-done, "
+    "job-stream, ping, job-stop) of its endpoints; use a client key for {route}"
+)
+
+
+class Scope(msgspec.Struct, frozen=True):
+    """What a valid key may reach: `endpoints` (empty: all), and whether it is a worker key."""
+
+    endpoints: frozenset[str] = ALL_ENDPOINTS
+    worker: bool = False
 
 
 class KeyChecker:
@@ -130,13 +157,15 @@ class KeyChecker:
         matches = [hmac.compare_digest(digest, known) for known in self._local]
         return any(matches)
 
-    async def scope(self, digest: str) -> frozenset[str] | None:
-        """The endpoints the key whose hash_key is `digest` may reach (ALL_ENDPOINTS for all),
-        or None when it is invalid."""
+    async def scope(self, digest: str) -> Scope | None:
+        """What the key whose hash_key is `digest` may reach, or None when it is invalid."""
         if self._is_local(digest):
-            return ALL_ENDPOINTS
+            return _LOCAL
         raw = await self._redis.hget(keys.API_KEYS, digest)
-        return None if raw is None else frozenset(_record(digest, raw).endpoints)
+        if raw is None:
+            return None
+        record = _record(digest, raw)
+        return Scope(frozenset(record.endpoints), record.worker)
 
 
 def _admin_refusal(request: web.Request, checker: KeyChecker, digest: str) -> web.Response | None:
@@ -150,12 +179,34 @@ def _admin_refusal(request: web.Request, checker: KeyChecker, digest: str) -> we
     return error_response(403, text.format(route=route))
 
 
+_LOCAL = Scope()
+
+
+def _kind_refusal(request: web.Request, checker: KeyChecker, digest: str, scope: Scope) -> web.Response | None:
+    """403 for a client key on a worker route, or a worker key anywhere else."""
+    on_worker_route = request.match_info.route.name in WORKER_ROUTES
+    if on_worker_route == scope.worker or (on_worker_route and checker.is_admin(digest)):
+        return None
+    text = WORKER_ON_CLIENT_ROUTE if scope.worker else CLIENT_ON_WORKER_ROUTE
+    return error_response(403, text.format(route=f"{request.method} {request.path}"))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse (401) any request to a non-public route without a valid key, and (403) any
-    request to an admin route whose key is not the admin key."""
+    request to an admin route whose key is not the admin key, a worker route whose key is not
+    a worker key (or the admin key), or any other route with a worker key."""
     if request.match_info.route.name in PUBLIC_ROUTES:
         return await handler(request)
+    refusal = await _refusal(request)
+    if refusal is None:
+        return await handler(request)
+    if request.match_info.route.name in WORKER_ROUTES:
+        await asyncio.sleep(WORKER_REFUSAL_PAUSE_S)
+    return refusal
+
+
+async def _refusal(request: web.Request) -> web.Response | None:
     key = presented_key(request.headers.get("Authorization"))
     if key is None:
         return error_response(401, MISSING_KEY, _CHALLENGE)
@@ -168,8 +219,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
     if (refusal := _admin_refusal(request, checker, digest)) is not None:
         return refusal
+    if (refusal := _kind_refusal(request, checker, digest, scope)) is not None:
+        return refusal
     endpoint = request.match_info.get("endpoint_id")
-    if scope and endpoint is not None and endpoint not in scope:
-        reach = ", ".join(sorted(scope))
+    if scope.endpoints and endpoint is not None and endpoint not in scope.endpoints:
+        reach = ", ".join(sorted(scope.endpoints))
         return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
-    return await handler(request)
+    return None

@@ -22,6 +22,7 @@ from serverless.model import ApiKey
 class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
     label: str = ""
     endpoints: list[str] = []  # empty: every endpoint
+    worker: bool = False  # a worker key (RunPod worker protocol routes only)
 
 
 class NewKey(msgspec.Struct):
@@ -31,6 +32,7 @@ class NewKey(msgspec.Struct):
     digest: str
     label: str
     endpoints: list[str]
+    worker: bool = False
 
 
 class Revoked(msgspec.Struct):
@@ -52,8 +54,10 @@ async def create_key(request: web.Request) -> web.Response:
     if bad:
         raise BadRequest(f"endpoint id(s) {', '.join(map(repr, bad))} are invalid: use letters, digits, '_.:-'")
     key = f"podq_{secrets.token_urlsafe(32)}"
-    digest = await auth.add_key(request.app[state.STORE].redis, key, body.label, body.endpoints)
-    return _reply(NewKey(key=key, digest=digest, label=body.label, endpoints=sorted(set(body.endpoints))))
+    digest = await auth.add_key(request.app[state.STORE].redis, key, body.label, body.endpoints,
+                                worker=body.worker)
+    return _reply(NewKey(key=key, digest=digest, label=body.label,
+                         endpoints=sorted(set(body.endpoints)), worker=body.worker))
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ local function leave(ep, id, status)
     redis.call('ZREM', K_queue(ep), id)
   elseif status == 'IN_PROGRESS' then
     redis.call('ZREM', K_leases(ep), id)
+    redis.call('ZREM', K_deadlines(ep), id)
   end
 end
 
@@ -44,6 +45,18 @@ local function enter(ep, id, jobkey, from, status, now, publish)
     if from == 'IN_PROGRESS' and status == 'CANCELLED' then
       redis.call('PUBLISH', K_cancel(ep), id)
     end
+    if from == 'IN_PROGRESS' then
+      local w = redis.call('HMGET', jobkey, 'remote', 'worker_id')
+      if w[1] == '1' and w[2] then  -- run by a RunPod-protocol worker
+        redis.call('SREM', K_held(ep) .. ':' .. w[2], id)
+        if status == 'CANCELLED' or status == 'TIMED_OUT' then
+          -- it learns it on its job-stop long-poll (each id once)
+          local stops = K_stops(ep) .. ':' .. w[2]
+          redis.call('RPUSH', stops, id)
+          redis.call('PEXPIRE', stops, 600000)
+        end
+      end
+    end
   end
 end
 
@@ -52,6 +65,11 @@ local function move(ep, id, jobkey, from, to, now, publish)
   leave(ep, id, from)
   redis.call('HSET', jobkey, 'status', to)
   enter(ep, id, jobkey, from, to, now, publish)
+end
+
+-- Fields only a running attempt has; cleared when the job goes back to the queue.
+local function clear_attempt(jobkey)
+  redis.call('HDEL', jobkey, 'output', 'started_at', 'worker_id', 'remote', 'deadline')
 end
 
 -- HSET pairs; a field written '+name' is incremented by the value instead.

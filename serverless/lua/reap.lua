@@ -1,8 +1,11 @@
 -- Jobs whose lease ran out (their worker died or hung) go back to the queue, or end FAILED
--- when their attempts are spent. Idempotent: any worker, gateway or scaler may run it.
--- KEYS[1] leases zset
--- ARGV: endpoint, now, max attempts, error format (%d = tries), limit
--- Returns {requeued, failed}
+-- when their attempts are spent; jobs of RunPod-protocol workers past their executionTimeout
+-- end TIMED_OUT (their worker hears it on job-stop). Idempotent: any worker, gateway or
+-- scaler may run it.
+-- KEYS[1] leases zset, KEYS[2] deadlines zset
+-- ARGV: endpoint, now, max attempts, error format (%d = tries), limit,
+--       timeout error format (%d = executionTimeout ms)
+-- Returns {requeued, failed, timed_out}
 local ep, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 local requeued, failed = 0, 0
@@ -12,7 +15,7 @@ for _, id in ipairs(ids) do
   if f[1] ~= 'IN_PROGRESS' then
     redis.call('ZREM', KEYS[1], id)
   elseif tonumber(f[2] or '0') < max_attempts then
-    redis.call('HDEL', jobkey, 'output', 'started_at', 'worker_id')
+    clear_attempt(jobkey)
     move(ep, id, jobkey, 'IN_PROGRESS', 'IN_QUEUE', now, true)
     redis.call('HINCRBY', K_stats(ep), 'retried', 1)
     requeued = requeued + 1
@@ -22,4 +25,18 @@ for _, id in ipairs(ids) do
     failed = failed + 1
   end
 end
-return {requeued, failed}
+local timed_out = 0
+ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(ids) do
+  local jobkey = K_job(id)
+  local f = redis.call('HMGET', jobkey, 'status', 'deadline', 'started_at')
+  if f[1] == 'IN_PROGRESS' and f[2] and tonumber(f[2]) <= tonumber(now) then
+    local limit = tonumber(f[2]) - tonumber(f[3] or f[2])
+    redis.call('HSET', jobkey, 'error', string.format(ARGV[6], limit))
+    move(ep, id, jobkey, 'IN_PROGRESS', 'TIMED_OUT', now, true)
+    timed_out = timed_out + 1
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return {requeued, failed, timed_out}

@@ -1,11 +1,15 @@
 -- A worker takes up to `count` of the oldest queued jobs of an endpoint (one per free slot):
 -- queue -> leases, attempt + 1. Jobs whose ttl passed while queued end TIMED_OUT on the way
 -- (up to 64 per call, besides the jobs taken).
--- KEYS[1] queue zset, KEYS[2] leases zset
--- ARGV: endpoint, now, lease ms, worker id, ttl error format (%d = ttl ms), count
+-- KEYS[1] queue zset, KEYS[2] leases zset; for a RunPod-protocol worker also KEYS[3] the
+-- endpoint's deadlines zset and KEYS[4] the worker's held set
+-- ARGV: endpoint, now, lease ms, worker id, ttl error format (%d = ttl ms), count, and for a
+--       RunPod-protocol worker the endpoint's executionTimeout ms (podq enforces it: the SDK
+--       never does), used when the job has none of its own
 -- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first.
 local ep, now, lease, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local count = tonumber(ARGV[6])
+local remote = KEYS[3] ~= nil
 local taken, skipped = {}, 0
 while #taken < count and skipped < 64 do
   local popped = redis.call('ZPOPMIN', KEYS[1])
@@ -25,6 +29,13 @@ while #taken < count and skipped < 64 do
     redis.call('HDEL', jobkey, 'output', 'error')
     redis.call('ZADD', KEYS[2], now + lease, id)
     local p = redis.call('HMGET', jobkey, 'input', 'execution_timeout_ms', 'webhook', 's3_config')
+    if remote then
+      local deadline = now + tonumber(p[2] or ARGV[7])
+      redis.call('HSET', jobkey, 'remote', 1, 'deadline', deadline)
+      redis.call('ZADD', KEYS[3], deadline, id)
+      redis.call('SADD', KEYS[4], id)
+      redis.call('PEXPIRE', KEYS[4], 86400000)
+    end
     taken[#taken + 1] = {id, attempt, p[1], p[2] or '', p[3] or '', p[4] or ''}
   else
     if f[1] == 'IN_QUEUE' then  -- its ttl ran out while it waited
