@@ -17,13 +17,16 @@ import shlex
 import uuid
 from collections.abc import Callable
 
+import msgspec
+
 from scaler import gpus
 from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec
 from scaler.leader import Leader
+from scaler.worker_keys import endpoint_worker_key
 from scaler.policy import Observed, desired_workers
 from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
-from serverless import lifecycle, nvml
-from serverless.model import EndpointConfig, EndpointStatus, GpuInfo, WorkerState
+from serverless import lifecycle, nvml, runpod_protocol
+from serverless.model import EndpointConfig, EndpointStatus, GpuInfo, Template, WorkerProtocol, WorkerState
 from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
@@ -192,7 +195,7 @@ class Scaler:
         in_use = [u for h in handles for u in h.gpu_uuids]
         for _ in range(count):
             try:
-                spec = self._spec(endpoint, template, gpus.assign(endpoint, self.inventory(), in_use))
+                spec = await self._spec(endpoint, template, gpus.assign(endpoint, self.inventory(), in_use))
                 handle = await backend.start(spec)
             except (gpus.NoGpu, BackendError) as e:
                 return str(e)
@@ -201,15 +204,28 @@ class Scaler:
             log.info("started worker %s for %s (version %d)", handle.worker_id, endpoint.id, endpoint.version)
         return ""
 
-    def _spec(self, endpoint: EndpointConfig, template, gpu_uuids: list[str]) -> WorkerSpec:  # noqa: ANN001
-        return WorkerSpec(
-            endpoint_id=endpoint.id, worker_id=f"{endpoint.id}-{uuid.uuid4().hex[:8]}",
+    async def _spec(self, endpoint: EndpointConfig, template: Template, gpu_uuids: list[str]) -> WorkerSpec:
+        worker_id = f"{endpoint.id}-{uuid.uuid4().hex[:8]}"  # new for every start
+        spec = WorkerSpec(
+            endpoint_id=endpoint.id, worker_id=worker_id,
             version=endpoint.version, redis_url=self.settings.redis_dsn, image=template.image_name,
             command=shlex.split(template.docker_start_cmd) if template.docker_start_cmd else [],
             handler=template.handler, gpu_uuids=gpu_uuids,
             env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
-            labels=dict(endpoint.labels),
+            labels=dict(endpoint.labels), protocol=template.protocol.value,
         )
+        if template.protocol is WorkerProtocol.RUNPOD:
+            # the image's own entrypoint runs unchanged; it finds podq through RunPod's env
+            names = {g.uuid: g.name for g in self.inventory()}
+            env = runpod_protocol.worker_env(
+                self.settings.gateway_url, endpoint.id, worker_id,
+                await endpoint_worker_key(self.store.redis, endpoint.id),
+                ping_ms=self.settings.runpod_ping_ms,
+                gpu_label=names.get(gpu_uuids[0], "") if gpu_uuids else "",
+                template_env=template.env,
+            )
+            spec = msgspec.structs.replace(spec, env=env, handler=None)
+        return spec
 
     def _stop(self, backend: Backend, handle: WorkerHandle, reason: str) -> None:
         if handle.worker_id in self._stopping:

@@ -7,9 +7,20 @@ import sys
 
 
 def _worker(argv: list[str]) -> None:
+    if "--runpod" in (argv[: argv.index("--")] if "--" in argv else argv):
+        from serverless.runpod_worker_cli import run_main
+
+        run_main(argv)
+        return
     from worker.files import main
 
     main(argv)
+
+
+def _worker_env(argv: list[str]) -> None:
+    from serverless.runpod_worker_cli import env_main
+
+    env_main(argv)
 
 
 def _dev(argv: list[str]) -> None:
@@ -63,7 +74,10 @@ COMMANDS = {
     "logs": (_logs, "worker logs of an endpoint (docker backend): podq logs ENDPOINT [--tail N]"),
     "scaler": (_scaler, "run the autoscaler: podq scaler [--backends process,docker]"),
     "template": (_template, "manage templates: podq template create|list|get|update|delete"),
-    "worker": (_worker, "run a handler file as a worker: podq worker handler.py --endpoint ID"),
+    "worker": (_worker, "run a handler file as a worker: podq worker handler.py --endpoint ID; "
+               "an unmodified RunPod worker: podq worker --runpod --endpoint ID -- python -u handler.py"),
+    "worker-env": (_worker_env, "RunPod's env for running a RunPod worker image by hand: "
+                   "podq worker-env --endpoint ID [--gpu NAME] > worker.env"),
 }
 
 

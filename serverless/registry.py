@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template
+from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template, WorkerProtocol
 
 endpoint_decoder = msgspec.json.Decoder(EndpointConfig)
 template_decoder = msgspec.json.Decoder(Template)
@@ -47,6 +47,11 @@ def check_template(t: Template) -> None:
         raise BadRequest(
             f"template {t.name!r} runs nothing: give image_name (docker), handler "
             "(a handler file) or docker_start_cmd"
+        )
+    if t.protocol is WorkerProtocol.RUNPOD and t.handler:
+        raise BadRequest(
+            f"template {t.name!r} has protocol 'runpod' and a handler: a RunPod worker runs its "
+            "image's own CMD (or docker_start_cmd) unchanged; drop `handler`"
         )
     for name in ("container_disk_in_gb", "volume_in_gb"):
         if getattr(t, name) < 0:

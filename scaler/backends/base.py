@@ -36,6 +36,9 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
     gpu_uuids: list[str] = []
     labels: dict[str, str] = {}
+    # "runpod": an unmodified RunPod worker (its own command / the image's CMD, RunPod's env in
+    # `env`); each start must be a fresh process or container, never a restart of the old one
+    protocol: str = "podq"
 
 
 class WorkerHandle(msgspec.Struct, kw_only=True):

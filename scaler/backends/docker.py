@@ -139,6 +139,15 @@ def device_requests(gpu_uuids: list[str]) -> list[dict[str, Any]]:
     return [{"Driver": "nvidia", "DeviceIDs": list(gpu_uuids), "Capabilities": [["gpu"]]}]
 
 
+def restart_policy(spec: WorkerSpec, options: DockerOptions) -> dict[str, Any]:
+    """podq workers restart in place on failure; a RunPod worker never does: each start must be
+    a fresh container (SDK 1.7.12-1.10.0 deadlock on the job file a dead one left behind), so
+    the scaler replaces it instead."""
+    if spec.protocol == "runpod":
+        return {"Name": "no"}
+    return {"Name": "on-failure", "MaximumRetryCount": options.restart_retries}
+
+
 def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) -> dict[str, Any]:
     """The body of `POST /containers/create` for one worker (pure).
 
@@ -152,7 +161,7 @@ def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) 
     """
     host_config: dict[str, Any] = {
         "NetworkMode": options.network_mode,
-        "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": options.restart_retries},
+        "RestartPolicy": restart_policy(spec, options),
         "Binds": list(options.binds),
     }
     if spec.gpu_uuids:

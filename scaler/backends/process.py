@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
+from serverless.process_group import group_of, kill_group, send
 from serverless.store import now_ms
 
 ENV_MANAGED = "PODQ_MANAGED"
@@ -48,16 +49,24 @@ class ProcessBackend:
         self._started: dict[int, WorkerHandle] = {}
 
     async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        if spec.protocol == "runpod" and not spec.command:
+            raise BackendError(
+                f"worker {spec.worker_id}: a runpod-protocol template needs docker_start_cmd for the "
+                "process backend (the command that starts the worker, e.g. `python -u /abs/handler.py`)"
+            )
         if not spec.command and not spec.handler:
             raise BackendError(f"worker {spec.worker_id}: the template has no handler file or command")
         command = spec.command or [self.python, "-m", "worker", spec.handler or ""]
         env = {**os.environ, **spec.env, **self._labels(spec)}
         if spec.gpu_uuids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
+        cwd = None
+        if spec.protocol == "runpod":
+            cwd = private_dir(self.log_dir, spec.worker_id, env)
         log = open(self.log_dir / f"{spec.worker_id}.log", "ab")
         try:
             proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
         except OSError as e:
             raise BackendError(f"could not start {command[0]!r} for worker {spec.worker_id}: {e}") from e
         finally:
@@ -83,6 +92,11 @@ class ProcessBackend:
                 handle = self._handle(int(entry.name))
                 if handle is not None:
                     found[int(entry.name)] = handle
+        for pid in [p for p in found if _orphaned(p)]:
+            # the worker's main process died and left its group behind (RunPod's ping child,
+            # re-parented to init, would go on pinging a stale job list): end the group
+            kill_group(group_of(pid))
+            del found[pid]
         for pid, handle in list(self._started.items()):
             if pid in found or pid not in self._children:  # labels visible now, or exited
                 del self._started[pid]
@@ -104,16 +118,18 @@ class ProcessBackend:
         )
 
     async def stop(self, handle: WorkerHandle, grace_s: float) -> None:
-        """SIGTERM (the worker drains), then SIGKILL after `grace_s` + 5 s."""
+        """SIGTERM (the worker drains), then SIGKILL after `grace_s` + 5 s; then whatever is
+        left of its process group (serverless/process_group.py)."""
         pid = int(handle.ref)
-        _signal(pid, signal.SIGTERM)
+        send(pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s + 5
         while _alive(pid) and loop.time() < deadline:
             self._reap()
             await asyncio.sleep(0.05)
         if _alive(pid):
-            _signal(pid, signal.SIGKILL)
+            send(pid, signal.SIGKILL)
+        kill_group(pid)  # started with start_new_session: its pid is its group's id
         self._reap()
 
     def _reap(self) -> None:
@@ -126,6 +142,24 @@ class ProcessBackend:
 
     def log_path(self, worker_id: str) -> Path:
         return self.log_dir / f"{worker_id}.log"
+
+
+def private_dir(log_dir: Path, worker_id: str, env: dict[str, str]) -> str:
+    """A fresh working directory for one RunPod worker start: SDK 1.7.12-1.10.0 keep their job
+    list in the CWD (`.runpod_jobs.pkl`), and a stale one makes a new worker never take a job.
+    A RunPod credentials file in $HOME (`~/.runpod/config.toml`) silently replaces
+    RUNPOD_AI_API_KEY for takes and results, so when one exists HOME points here too."""
+    path = log_dir / f"{worker_id}.cwd"
+    path.mkdir(parents=True, exist_ok=True)
+    if (Path(env.get("HOME", "~")).expanduser() / ".runpod" / "config.toml").exists():
+        env["HOME"] = str(path)
+    return str(path)
+
+
+def _orphaned(pid: int) -> bool:
+    """A process of a worker's group whose group leader (the worker's main process) is gone."""
+    group = group_of(pid)
+    return bool(group) and group != pid and not _alive(group)
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -153,10 +187,3 @@ def _ppid(pid: int) -> int:
 
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
