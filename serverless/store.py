@@ -338,12 +338,14 @@ class JobStore:
         self, endpoint: str, worker_id: str, job_ids: list[str], now: int | None = None
     ) -> list[str]:
         """Renew the leases of the jobs a RunPod worker's ping lists (those it still holds);
-        returns the listed jobs it keeps running after they were cancelled or timed out."""
+        returns the listed jobs it keeps running after they were cancelled or timed out (their
+        stop is sent again on its job-stop)."""
         if not job_ids:
             return []
         deadline = (now or now_ms()) + self.settings.runpod_lease_ms
         stuck = await self._scripts["ping"](
-            keys=[keys.leases(endpoint)], args=[deadline, worker_id, *job_ids]
+            keys=[keys.leases(endpoint), keys.stops(endpoint, worker_id)],
+            args=[deadline, worker_id, *job_ids],
         )
         return [x.decode() for x in stuck]
 

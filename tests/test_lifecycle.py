@@ -83,3 +83,15 @@ def test_worker_counts_mark_silent_workers_unhealthy() -> None:
     ]
     counts = lifecycle.worker_counts(beats, now_ms=11_000, stale_after_ms=6_000)
     assert (counts.idle, counts.running, counts.unhealthy) == (1, 1, 1)
+
+
+def test_worker_counts_judge_runpod_workers_by_their_ping_interval_and_forget_gone_ones() -> None:
+    beats = [
+        WorkerBeat(id="a", endpoint="e", state=WorkerState.IDLE, seen_at=80_000, interval_ms=10_000),
+        WorkerBeat(id="b", endpoint="e", state=WorkerState.IDLE, seen_at=60_000, interval_ms=10_000),
+        WorkerBeat(id="c", endpoint="e", state=WorkerState.IDLE, seen_at=0, interval_ms=1_000),
+        WorkerBeat(id="d", endpoint="e", state=WorkerState.UNHEALTHY, seen_at=99_000, interval_ms=10_000),
+    ]
+    counts = lifecycle.worker_counts(beats, now_ms=100_000, stale_after_ms=6_000)
+    # a: 20 s silent is 2 pings (fine); b: 40 s is 4 (unhealthy); c: 100 pings silent (gone)
+    assert (counts.idle, counts.unhealthy) == (1, 2)

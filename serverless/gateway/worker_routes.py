@@ -31,6 +31,7 @@ from aiohttp import web
 from serverless import keys
 from serverless.errors import NotFound
 from serverless.gateway import state
+from serverless.gateway.error_responses import error_response
 from serverless.gateway.limits import MB, read_body
 from serverless.gateway.replies import encode
 from serverless.model import JobRecord, TakenJob
@@ -97,8 +98,21 @@ def _closed(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _execution_timeout_ms(request: web.Request, endpoint: str) -> int:
+# The SDK (1.7.3+) sleeps 5 s after a 429 on job-take: podq's way to say "take nothing now".
+BACK_OFF = {"Retry-After": "5"}
+
+
+async def _take_terms(request: web.Request, endpoint: str, worker: str) -> int | web.Response:
+    """The executionTimeout for jobs handed to this worker, or a 429 when it must take none:
+    its endpoint is paused, or it asked to be replaced (stopPod) and waits for the scaler."""
     config = await request.app[state.REGISTRY].get_endpoint(endpoint)
+    if config is not None and config.paused:
+        return error_response(429, f"endpoint {endpoint!r} is paused: no jobs are handed out "
+                                   "until it is resumed", BACK_OFF)
+    beat = await _store(request).worker(endpoint, worker)
+    if beat is not None and beat.recycle:
+        return error_response(429, f"worker {worker!r} asked to be replaced (stopPod): it gets no "
+                                   "more jobs", BACK_OFF)
     if config is not None:
         return config.execution_timeout_ms
     return request.app[state.SETTINGS].execution_timeout_ms
@@ -114,7 +128,9 @@ async def job_take(request: web.Request) -> web.StreamResponse:
     store = _store(request)
     if request.query.get("job_in_progress") == "0":
         await store.release_runpod_worker(endpoint, worker)
-    timeout_ms = await _execution_timeout_ms(request, endpoint)
+    timeout_ms = await _take_terms(request, endpoint, worker)
+    if isinstance(timeout_ms, web.Response):
+        return timeout_ms
     loop = asyncio.get_running_loop()
     deadline = loop.time() + request.app[state.SETTINGS].runpod_hold_ms / 1000
     while not _closed(request):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from scaler.backends.base import WorkerHandle
 from scaler.reconcile import Health, Start, Stop, Timing, health, reconcile
 from serverless.model import EndpointConfig, EndpointStatus, WorkerBeat, WorkerState
@@ -87,3 +89,32 @@ def test_a_worker_loading_its_model_is_not_unhealthy_until_the_ready_timeout() -
     loading = w("a", "initializing", silent_s=50, age_s=50)
     assert health(*loading, NOW, T) is Health.STARTING
     assert health(*w("a", "initializing", silent_s=70, age_s=70), NOW, T) is Health.UNHEALTHY
+
+
+# ---- RunPod-protocol workers ------------------------------------------------------------------
+
+T_RP = Timing(stale_after_ms=6_000, ready_timeout_ms=60_000, stuck_grace_ms=30_000)
+
+
+def rp(wid: str, silent_s: float = 0, recycle: bool = False, stuck_for_s: float = 0,
+       state: str = "idle") -> tuple[WorkerHandle, WorkerBeat]:
+    handle, beat = w(wid, state, silent_s=silent_s)
+    beat = msgspec.structs.replace(
+        beat, interval_ms=10_000, recycle=recycle,
+        stuck_since=NOW - int(stuck_for_s * 1000) if stuck_for_s else 0)
+    return handle, beat
+
+
+def test_a_runpod_worker_is_judged_by_its_own_ping_interval() -> None:
+    assert health(*rp("a", silent_s=20), NOW, T_RP) is Health.IDLE  # 2 of its 10 s pings
+    assert health(*rp("a", silent_s=31), NOW, T_RP) is Health.UNHEALTHY  # 3 missed
+    assert health(*rp("a", state="unhealthy"), NOW, T_RP) is Health.UNHEALTHY  # it said so
+
+
+def test_stop_pod_and_stuck_workers_are_replaced_not_counted() -> None:
+    plan = reconcile(ep(workers_min=2), 2, [rp("a", recycle=True), rp("b", stuck_for_s=31),
+                                            rp("c", stuck_for_s=5)], NOW, T_RP)
+    assert stopped(plan) == ["a", "b"] and started(plan) == 1
+    reasons = {a.handle.worker_id: a.reason for a in plan.actions if isinstance(a, Stop)}
+    assert "stopPod" in reasons["a"] and "cancelled or timed out" in reasons["b"]
+    assert not reasons["a"].startswith("worker is")  # not a crash: no crash-loop backoff

@@ -6,7 +6,7 @@ return_aggregate_stream; MOCK_CONCURRENCY=N sets concurrency_modifier; MOCK_REFR
 refresh_worker. A job's input directs it:
   sleep (s), output (return this), error (return {"error": ...} plus extra keys in `extra`),
   raise (raise ValueError), chunks (yield them; generators), yield_error (yield {"error": ...}),
-  progress (progress_update each, 0.2 s apart), crash (os._exit(1)), refresh (refresh_worker).
+  big (return a string of that many bytes), progress (progress_update each, 0.2 s apart), crash (os._exit(1)), refresh (refresh_worker).
 """
 
 import asyncio
@@ -33,6 +33,8 @@ def _result(data):
         raise ValueError(data["raise"])
     if "error" in data:
         return {"error": data["error"], **data.get("extra", {})}
+    if "big" in data:
+        return "x" * data["big"]
     out = data.get("output", {"echo": data})
     if data.get("refresh"):
         return {**out, "refresh_worker": True}
