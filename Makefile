@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench bench-quick chaos redis-server clean
+.PHONY: dev test bench bench-quick chaos redis-server runpod-venvs clean
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
@@ -20,7 +20,19 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q redis-server; \
 	  else sudo apt-get update -q && sudo apt-get install -y -q redis-server; fi; }
 
-test: $(STAMP) redis-server
+# The public `runpod` SDK versions the RunPod worker conformance suite runs (tests/runpod_workers),
+# each in its own venv, built in parallel once and kept (.venv-runpod/<version>).
+RUNPOD_VERSIONS := 1.12.0 1.7.13 1.6.2
+runpod-venvs:
+	@for v in $(RUNPOD_VERSIONS); do \
+	  if [ ! -f .venv-runpod/$$v/.installed ]; then \
+	    ( $(PYTHON) -m venv .venv-runpod/$$v && .venv-runpod/$$v/bin/pip install -q "runpod==$$v" \
+	      && touch .venv-runpod/$$v/.installed && echo "built .venv-runpod/$$v" ) & \
+	  fi; \
+	done; wait; for v in $(RUNPOD_VERSIONS); do test -f .venv-runpod/$$v/.installed || \
+	  { echo "could not build .venv-runpod/$$v (pip install runpod==$$v)"; exit 1; }; done
+
+test: $(STAMP) redis-server runpod-venvs
 	$(BIN)/python -m pytest
 
 dev: $(STAMP) redis-server
@@ -44,4 +56,4 @@ chaos: $(STAMP) redis-server
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) .venv-runpod *.egg-info
