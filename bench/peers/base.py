@@ -34,9 +34,10 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logdir = Path(tempfile.mkdtemp(prefix="podq-bench-"))
 
-    def spawn(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, cmd: Sequence[str], env: dict[str, str] | None = None,
+              cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen(list(cmd), cwd=ROOT, env={**os.environ, **(env or {})},
+        proc = subprocess.Popen(list(cmd), cwd=cwd or ROOT, env={**os.environ, **(env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs.append(proc)
