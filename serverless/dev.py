@@ -20,10 +20,14 @@ from pathlib import Path
 from serverless import eventloop, logs
 from serverless.errors import PodqError, redact_url
 from serverless.gateway import GatewayOptions, start_gateway
+from serverless.gateway.known_endpoints import KnownEndpoints
 from serverless.redis_server import RedisProcess
 from serverless.settings import load_settings
+from serverless.store import JobStore, now_ms
 
 MAX_BACKOFF_S = 30.0
+# how long the banner waits for the first worker to register (its endpoint is a 404 until then)
+READY_WAIT_S = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +84,20 @@ class WorkerSupervisor:
                 proc.kill()
 
 
+async def wait_for_workers(store: JobStore, endpoint: str, stop: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until the gateway knows `endpoint`: the dev endpoint is in no registry, so it exists
+    while a worker of it lives (serverless/gateway/known_endpoints), and a call made before the
+    first worker registers would be a 404. False when none registered within `timeout_s`."""
+    known = KnownEndpoints(store.redis, store.stale_after_ms)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await known.is_known(endpoint, now_ms()):
+        if stop.is_set() or loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 def banner(url: str, endpoint: str, key: str, workers: int, redis_url: str) -> str:
     base = f"{url}/v2/{endpoint}"
     return f"""
@@ -108,8 +126,12 @@ async def run_dev(args: argparse.Namespace) -> None:
     gateway = await start_gateway(settings, args.host, args.port, GatewayOptions(admin_key=key))
     workers = WorkerSupervisor(args.handler, endpoint, settings.redis_dsn, args.workers)
     supervising = asyncio.create_task(workers.run())
-    print(banner(gateway.url, endpoint, key, args.workers, redact_url(settings.redis_url)), flush=True)
     try:
+        if not await wait_for_workers(gateway.store, endpoint, stop, READY_WAIT_S) and not stop.is_set():
+            print(f"podq dev: no worker of endpoint '{endpoint}' registered within {READY_WAIT_S:.0f} s; "
+                  "calls to it answer 404 until one does (see the worker output above)",
+                  file=sys.stderr, flush=True)
+        print(banner(gateway.url, endpoint, key, args.workers, redact_url(settings.redis_url)), flush=True)
         await stop.wait()
     finally:
         print("podq dev: stopping workers, gateway and Redis", file=sys.stderr, flush=True)

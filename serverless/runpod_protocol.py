@@ -28,7 +28,7 @@ FORBIDDEN_ENV = ("RUNPOD_REALTIME_PORT", "RUNPOD_USE_CORE", "RUNPOD_CORE_PATH", 
 REASON_MAX = 256
 
 
-class _DoneBody(msgspec.Struct):
+class DoneBody(msgspec.Struct):
     """A job-done body: `{"output"}`, `{"error"}`, both, `{}`, a progress update
     (`{"status": "IN_PROGRESS", "output"}`), any of them with `"stopPod": true`."""
 
@@ -38,7 +38,9 @@ class _DoneBody(msgspec.Struct):
     stopPod: bool = False
 
 
-class _StreamBody(msgspec.Struct):
+class StreamBody(msgspec.Struct):
+    """A job-stream body: one yielded item as `{"output": item}`."""
+
     output: Raw | UnsetType = UNSET
 
 
@@ -53,8 +55,8 @@ class Final(msgspec.Struct, frozen=True):
     stop_pod: bool = False
 
 
-_done_decoder = msgspec.json.Decoder(_DoneBody)
-_stream_decoder = msgspec.json.Decoder(_StreamBody)
+_done_decoder = msgspec.json.Decoder(DoneBody)
+_stream_decoder = msgspec.json.Decoder(StreamBody)
 _NULL = b"null"
 
 
@@ -88,7 +90,7 @@ def done_event(body: bytes) -> Progress | Final:
       aggregate (or []) as its output;
     - `stopPod` asks for the worker to be replaced.
     """
-    parsed: _DoneBody = _decode(_done_decoder, body, "job-done")
+    parsed: DoneBody = _decode(_done_decoder, body, "job-done")
     output = None if parsed.output is UNSET else bytes(parsed.output)
     if parsed.status == Status.IN_PROGRESS.value:
         return Progress(output if output is not None else _NULL)
@@ -100,7 +102,7 @@ def done_event(body: bytes) -> Progress | Final:
 
 def stream_chunk(body: bytes) -> bytes:
     """A job-stream POST's chunk: the raw JSON of its `output` (null when it has none)."""
-    parsed: _StreamBody = _decode(_stream_decoder, body, "job-stream")
+    parsed: StreamBody = _decode(_stream_decoder, body, "job-stream")
     return _NULL if parsed.output is UNSET else bytes(parsed.output)
 
 

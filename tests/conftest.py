@@ -5,7 +5,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from serverless.model import EndpointConfig, Template
 from serverless.queue import connect
+from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
 from serverless.redis_server import RedisProcess
@@ -40,3 +42,12 @@ async def store(settings: Settings) -> AsyncIterator[JobStore]:
 @pytest.fixture
 def endpoint() -> str:
     return f"ep-{uuid.uuid4().hex[:8]}"
+
+
+async def register(store: JobStore, endpoint: str) -> EndpointConfig:
+    """Put `endpoint` in the registry, paused (a scaler would start no worker for it): the
+    gateway then takes jobs for it with no worker serving it (serverless/gateway/known_endpoints)."""
+    registry = Registry(store.redis)
+    template = await registry.put_template(Template(id=f"t-{endpoint}", name=endpoint, handler="handler.py"))
+    return await registry.put_endpoint(
+        EndpointConfig(id=endpoint, name=endpoint, template_id=template.id, paused=True))

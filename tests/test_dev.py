@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -13,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serverless.dev import wait_for_workers
+from serverless.model import WorkerBeat, WorkerState
 from serverless.redis_server import free_port
+from serverless.store import JobStore, now_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +59,19 @@ def test_podq_dev_serves_example_and_stops_cleanly() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_the_banner_waits_until_a_worker_of_the_dev_endpoint_registered(
+    store: JobStore, endpoint: str
+) -> None:
+    # the dev endpoint is in no registry: until a worker beats, calls to it would be a 404
+    assert await wait_for_workers(store, endpoint, asyncio.Event(), timeout_s=0.2) is False
+    waiting = asyncio.create_task(wait_for_workers(store, endpoint, asyncio.Event(), timeout_s=10))
+    await asyncio.sleep(0.15)
+    assert not waiting.done()
+    await store.beat(WorkerBeat(id="dev-0", endpoint=endpoint, state=WorkerState.INITIALIZING,
+                                seen_at=now_ms()))
+    assert await asyncio.wait_for(waiting, 5) is True
+    stopped = asyncio.Event()
+    stopped.set()  # Ctrl-C while waiting: no wait at all
+    assert await wait_for_workers(store, "ep-nobody", stopped, timeout_s=10) is False

@@ -23,12 +23,14 @@ from serverless.gateway import key_routes, routes, state
 from serverless.gateway import worker_routes as wr
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
 from serverless.gateway.error_responses import error_middleware
+from serverless.gateway.known_endpoints import KnownEndpoints
 from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings, rate_limit_middleware
 from serverless.gateway.openapi import ID_PATTERN, Param, Refinements, Route, build_spec, openapi_json
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamReply
 from serverless.gateway.webhooks import WebhookDispatcher, WebhookPolicy
 from serverless.model import ApiKey, EndpointConfig, Health, RunRequest, StatusBody, Template
 from serverless.registry import Registry
+from serverless.runpod_protocol import DoneBody, StreamBody
 from serverless.settings import Settings
 from serverless.store import JobStore
 
@@ -75,20 +77,23 @@ def _worker_path(route: str, job: bool = False) -> str:
 _TAKE = (
     Param("job_in_progress", "query", "0: the worker holds no job (jobs handed to it go back to the queue)"),
 )
+_NONE_CAME = "No job came within the hold (PODQ_RUNPOD_HOLD_MS); the worker polls again"
 WORKER_ROUTES: tuple[Route, ...] = (
     Route("job-take", ("GET",), _worker_path("job-take"), wr.job_take,
-          "Worker: take one job (long-poll; 204 when none came)", params=_TAKE),
+          "Worker: take one job (long-poll; 204 when none came)", params=_TAKE, empty=_NONE_CAME),
     Route("job-take-batch", ("GET",), _worker_path("job-take-batch"), wr.job_take,
           "Worker: take up to batch_size jobs (long-poll; 204 when none came)",
-          params=(*_TAKE, Param("batch_size", "query", "most jobs to hand over (1..1000)", "integer"))),
+          params=(*_TAKE, Param("batch_size", "query", "most jobs to hand over", "integer", (1, 1000))),
+          empty=_NONE_CAME),
     Route("job-done", ("POST",), _worker_path("job-done", job=True), wr.job_done,
-          "Worker: a job's result, or a progress update", reply=wr.Accepted, errors=(413,)),
+          "Worker: a job's result, or a progress update", DoneBody, wr.Accepted, (413,)),
     Route("job-stream", ("POST",), _worker_path("job-stream", job=True), wr.job_stream,
-          "Worker: one stream chunk of a running job", reply=wr.Accepted, errors=(413,)),
+          "Worker: one stream chunk of a running job", StreamBody, wr.Accepted, (413,)),
     Route("ping", ("GET",), _worker_path("ping"), wr.ping,
           "Worker: heartbeat listing the jobs it holds", reply=wr.Pong),
     Route("job-stop", ("GET",), _worker_path("job-stop"), wr.job_stop,
-          "Worker: jobs to stop (long-poll; 204 when none)", reply=wr.JobsToStop),
+          "Worker: jobs to stop (long-poll; 204 when none)", reply=wr.JobsToStop,
+          empty="No job to stop came within the hold"),
 )
 
 # the admin API: templates and endpoints in the registry; the admin key only (403 otherwise)
@@ -162,6 +167,8 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
     webhooks: WebhookPolicy = msgspec.field(default_factory=WebhookPolicy)
     reap_interval_s: float = 1.0
     sse_block_ms: int = 500
+    # a refused worker-route request is answered after this pause (the SDK re-polls a 401 at once)
+    worker_refusal_pause_s: float = 1.0
 
 
 async def reap_forever(store: JobStore, interval_s: float) -> None:
@@ -191,6 +198,10 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.start()
     yield
     await dispatcher.close()
+
+
+async def _closing(app: web.Application) -> None:
+    app[state.CLOSING].set()
 
 
 def _add_routes(app: web.Application, table: tuple[Route, ...]) -> None:
@@ -232,7 +243,11 @@ def create_app(
         if settings.webhook_allow_private else options.webhooks
     )
     app[state.SSE_BLOCK_MS] = options.sse_block_ms
+    app[state.WORKER_REFUSAL_PAUSE_S] = options.worker_refusal_pause_s
+    app[state.CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_closing)
     app[state.REGISTRY] = Registry(store.redis)
+    app[state.KNOWN] = KnownEndpoints(store.redis, store.stale_after_ms)
     app[state.ADMIN_ROUTES] = frozenset(r.name for r in ALL_ROUTES if r.admin)
     app[state.OPENAPI] = json_encode(api_spec())
     _add_routes(app, ALL_ROUTES)

@@ -115,8 +115,8 @@ ALL_ENDPOINTS: frozenset[str] = frozenset()
 # and the admin key reach them, client keys do not; worker keys reach nothing else.
 WORKER_ROUTES = frozenset({"job-take", "job-take-batch", "job-done", "job-stream", "ping", "job-stop"})
 # A worker that presents a bad key re-polls at once (the SDK retries 401s without a pause):
-# refusals on worker routes are answered after this pause so a misconfigured worker cannot spin.
-WORKER_REFUSAL_PAUSE_S = 1.0
+# refusals on worker routes are answered after a pause (GatewayOptions.worker_refusal_pause_s,
+# 1 s) so a misconfigured worker cannot spin.
 CLIENT_ON_WORKER_ROUTE = (
     "{route} is a worker route (RunPod's worker protocol): use a worker key "
     "(`podq keys create --worker --endpoint ID`) or the admin key, not a client key"
@@ -202,7 +202,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if refusal is None:
         return await handler(request)
     if request.match_info.route.name in WORKER_ROUTES:
-        await asyncio.sleep(WORKER_REFUSAL_PAUSE_S)
+        await asyncio.sleep(request.app[state.WORKER_REFUSAL_PAUSE_S])
     return refusal
 
 

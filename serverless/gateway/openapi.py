@@ -31,7 +31,8 @@ _ERROR_TEXT = {
     401: "Missing or invalid API key",
     403: "A valid key that may not use this route: a key scoped to other endpoints, or a key "
          "that is not the admin key on an admin route",
-    404: "Unknown endpoint, template, or unknown or expired job",
+    404: "Unknown endpoint (not registered, no live worker serves it, no queued or running "
+         "job), template, or unknown or expired job",
     409: "Conflict: the job's state does not allow this, an id is taken, or a template is in use",
     413: "Request body too large",
     429: "Rate limit of the endpoint or of the API key exceeded; see Retry-After",
@@ -47,6 +48,7 @@ class Param:
     where: str  # "query" | "header"
     description: str
     type: str = "string"
+    bounds: tuple[int, int] | None = None  # minimum, maximum of an integer
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Route:
     params: tuple[Param, ...] = ()
     public: bool = False
     admin: bool = False  # needs the admin key (403 for any other valid key)
+    empty: str = ""  # when set, the route may answer 204 No Content, for this reason
 
 
 def _version() -> str:
@@ -83,10 +86,17 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         for n in _PATH_PARAM.findall(route.path)
     ]
     extra = [
-        {"name": p.name, "in": p.where, "description": p.description, "schema": {"type": p.type}}
+        {"name": p.name, "in": p.where, "description": p.description, "schema": _param_schema(p)}
         for p in route.params
     ]
     return path + extra
+
+
+def _param_schema(p: Param) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": p.type}
+    if p.bounds is not None:
+        schema["minimum"], schema["maximum"] = p.bounds
+    return schema
 
 
 def _responses(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
@@ -94,6 +104,8 @@ def _responses(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
     if route.reply is not None:
         ok["content"] = _json_content(refs[route.reply])
     out: dict[str, Any] = {"200": ok}
+    if route.empty:
+        out["204"] = {"description": route.empty}
     codes = route.errors if route.public else (400, 401, 403, 404, 429, 503, *route.errors)
     error = _json_content(refs[ErrorReply])
     for code in sorted(set(codes)):

@@ -2,7 +2,9 @@
 
 RunPod's contract (shared/reference/runpod-api.md 1.6): /run, /runsync, /status, /stream,
 /cancel, /retry, /purge-queue, /health. Auth, rate limits and error shaping happen in the
-middlewares; a handler only raises a PodqError and lets error_responses answer.
+middlewares; a handler only raises a PodqError and lets error_responses answer. The routes that
+name only an endpoint (run, runsync, purge-queue, health) answer 404 for an endpoint nobody can
+serve (known_endpoints); the job routes answer for any job that exists.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def endpoint_of(request: web.Request) -> str:
         raise NotFound(
             f"endpoint {endpoint!r} not found: ids are 1-128 letters, digits, '_', '.', ':' or '-'"
         )
+    return endpoint
+
+
+async def known_endpoint_of(request: web.Request) -> str:
+    """The endpoint id in the path, if the endpoint exists: registered, served by a live worker,
+    or holding jobs (known_endpoints); else 404 naming it and how to create it."""
+    endpoint = endpoint_of(request)
+    await request.app[state.KNOWN].require(endpoint, now_ms())
     return endpoint
 
 
@@ -98,7 +108,7 @@ def _decode(request: web.Request, body: bytes) -> RunRequest:
 
 async def run(request: web.Request) -> web.Response:
     """POST /run: queue a job; answers `{"id", "status": "IN_QUEUE"}` at once."""
-    endpoint = endpoint_of(request)
+    endpoint = await known_endpoint_of(request)
     body = await read_body(request, request.app[state.LIMITS].run_max_bytes)
     record = await _store(request).submit(endpoint, _decode(request, body))
     return _reply(JobRef(record.id, record.status.value))
@@ -106,7 +116,7 @@ async def run(request: web.Request) -> web.Response:
 
 async def runsync(request: web.Request) -> web.Response:
     """POST /runsync[?wait=ms]: queue a job and answer its result if it ends within `wait`."""
-    endpoint = endpoint_of(request)
+    endpoint = await known_endpoint_of(request)
     wait_ms = parse_wait(request.query.get("wait"))
     body = await read_body(request, request.app[state.LIMITS].runsync_max_bytes)
     store = _store(request)
@@ -151,13 +161,13 @@ async def retry(request: web.Request) -> web.Response:
 
 async def purge_queue(request: web.Request) -> web.Response:
     """POST /purge-queue: cancel every queued job of the endpoint; running jobs go on."""
-    removed = await _store(request).purge(endpoint_of(request))
+    removed = await _store(request).purge(await known_endpoint_of(request))
     return _reply(PurgeReply(removed))
 
 
 async def health(request: web.Request) -> web.Response:
     """GET /health: job counts and worker counts by state."""
-    return _reply(await _store(request).health(endpoint_of(request)))
+    return _reply(await _store(request).health(await known_endpoint_of(request)))
 
 
 async def healthz(request: web.Request) -> web.Response:

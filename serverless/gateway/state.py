@@ -6,12 +6,14 @@ that wires them together (app.py imports them; nothing here imports back).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from serverless.gateway.auth import KeyChecker
+    from serverless.gateway.known_endpoints import KnownEndpoints
     from serverless.gateway.limits import Limits, RateLimiter
     from serverless.gateway.webhooks import WebhookPolicy
     from serverless.registry import Registry
@@ -26,8 +28,14 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("podq_limiter")
 WEBHOOK_POLICY: web.AppKey[WebhookPolicy] = web.AppKey("podq_webhook_policy")
 OPENAPI: web.AppKey[bytes] = web.AppKey("podq_openapi")
 REGISTRY: web.AppKey[Registry] = web.AppKey("podq_registry")
+# which endpoints exist (registered, served by a live worker, or holding jobs), cached briefly
+KNOWN: web.AppKey[KnownEndpoints] = web.AppKey("podq_known_endpoints")
 # names of the routes that need the admin key (the route table's `admin` rows)
 ADMIN_ROUTES: web.AppKey[frozenset[str]] = web.AppKey("podq_admin_routes")
 SSE_BLOCK_MS: web.AppKey[int] = web.AppKey("podq_sse_block_ms")
+# set when the gateway shuts down: held worker long-polls end within a second
+CLOSING: web.AppKey[asyncio.Event] = web.AppKey("podq_closing")
+# seconds a refused request to a worker route waits before its answer (auth.py)
+WORKER_REFUSAL_PAUSE_S: web.AppKey[float] = web.AppKey("podq_worker_refusal_pause_s")
 # per request: the sha256 digest of the request's API key (auth middleware; rate limits read it)
 KEY_DIGEST: web.RequestKey[str] = web.RequestKey("podq_key_digest", str)

@@ -94,8 +94,9 @@ def _ids(request: web.Request) -> tuple[str, str]:
 
 
 def _closed(request: web.Request) -> bool:
+    """The worker went away, or the gateway is shutting down: a held poll ends."""
     transport = request.transport
-    return transport is None or transport.is_closing()
+    return transport is None or transport.is_closing() or request.app[state.CLOSING].is_set()
 
 
 # The SDK (1.7.3+) sleeps 5 s after a 429 on job-take: podq's way to say "take nothing now".
@@ -230,8 +231,12 @@ async def job_stop(request: web.Request) -> web.Response:
     """GET job-stop (SDK 1.10+): ids of the worker's jobs that were cancelled or timed out,
     each sent once; held like a take when there are none."""
     endpoint, worker = _ids(request)
-    hold_s = request.app[state.SETTINGS].runpod_hold_ms / 1000
-    ids = await _store(request).pop_stops(endpoint, worker, hold_s)
-    if not ids:
-        return web.Response(status=204)
-    return _json(JobsToStop(ids))
+    store = _store(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.app[state.SETTINGS].runpod_hold_ms / 1000
+    # in slices, so a worker that went away (or a gateway shutting down) ends the hold soon
+    while not _closed(request) and (remaining := deadline - loop.time()) > 0:
+        ids = await store.pop_stops(endpoint, worker, min(remaining, RECHECK_S))
+        if ids:
+            return _json(JobsToStop(ids))
+    return web.Response(status=204)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 from tests.admin.conftest import LiveGateway
+from tests.conftest import register
 from tests.admin.test_cli import ok, podq
 
 
-async def test_scoped_key_reaches_only_its_endpoints(gateway, endpoint) -> None:
+async def test_scoped_key_reaches_only_its_endpoints(gateway, store, endpoint) -> None:
+    await register(store, endpoint)
     made = await gateway.call("POST", "/v1/keys", json={"label": "team-a", "endpoints": [endpoint]})
     assert made.status == 200 and made.body["key"].startswith("podq_")
     key = {"Authorization": f"Bearer {made.body['key']}"}
@@ -24,7 +26,8 @@ async def test_scoped_key_reaches_only_its_endpoints(gateway, endpoint) -> None:
     assert "key" not in listed[0]  # the key itself is never stored or shown again
 
 
-async def test_revoked_key_is_refused_and_unscoped_key_reaches_all(gateway, endpoint) -> None:
+async def test_revoked_key_is_refused_and_unscoped_key_reaches_all(gateway, store, endpoint) -> None:
+    await register(store, "any-endpoint")
     made = (await gateway.call("POST", "/v1/keys", json={"label": "ci"})).body
     key = {"Authorization": made["key"]}
     assert (await gateway.call("GET", "/v2/any-endpoint/health", headers=key, auth=False)).status == 200
@@ -46,8 +49,8 @@ def test_keys_cli_create_list_revoke(live: LiveGateway) -> None:
     made = json.loads(ok(podq(live, "keys", "create", "--label", "bob", "--endpoint", "ep-1")))
     assert made["endpoints"] == ["ep-1"] and made["key"].startswith("podq_")
     listed = ok(podq(live, "keys", "list")).splitlines()
-    assert listed[0].split() == ["DIGEST", "LABEL", "ENDPOINTS"]
-    assert listed[1].split() == [made["digest"], "bob", "ep-1"]
+    assert listed[0].split() == ["DIGEST", "LABEL", "ENDPOINTS", "KIND"]
+    assert listed[1].split() == [made["digest"], "bob", "ep-1", "client"]
     assert json.loads(ok(podq(live, "keys", "revoke", made["digest"])))["revoked"] is True
     refused = podq(live, "keys", "list", key=made["key"])
     assert refused.returncode != 0 and "podq keys list" in refused.stderr

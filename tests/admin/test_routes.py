@@ -9,6 +9,8 @@ import pytest
 from serverless import keys
 from serverless.model import EndpointStatus
 from serverless.registry import Registry
+from serverless.store import JobStore
+from tests.conftest import register
 from tests.gateway.conftest import Gateway, GatewayFactory
 
 TEMPLATE = {"name": "echo", "handler": "examples/echo.py", "env": {"MODEL": "tiny"}}
@@ -36,7 +38,8 @@ async def test_create_template_answers_every_field_with_defaults(gateway: Gatewa
     assert body["id"].startswith("tpl-") and body["created_at"] > 0
     assert body | {"id": "x", "created_at": 0} == {
         "id": "x", "name": "echo", "image_name": "", "docker_start_cmd": None,
-        "handler": "examples/echo.py", "env": {"MODEL": "tiny"}, "container_disk_in_gb": 10,
+        "handler": "examples/echo.py", "protocol": "podq", "env": {"MODEL": "tiny"},
+        "container_disk_in_gb": 10,
         "volume_in_gb": 0, "volume_mount_path": None, "ports": None, "is_serverless": True,
         "created_at": 0,
     }
@@ -271,7 +274,8 @@ async def test_delete_endpoint(gateway: Gateway, registry: Registry) -> None:
 # ---- auth and the API description --------------------------------------------------------
 
 
-async def test_admin_routes_need_the_admin_key(make_gateway: GatewayFactory) -> None:
+async def test_admin_routes_need_the_admin_key(make_gateway: GatewayFactory, store: JobStore) -> None:
+    await register(store, "ep-x")
     gateway = await make_gateway(api_keys=("user-key",))
     none = await gateway.call("GET", "/v1/endpoints", auth=False)
     assert none.status == 401

@@ -41,6 +41,17 @@ def spawn(redis_url: str, worker_id: str, log: Path) -> subprocess.Popen[bytes]:
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
+async def until_known(http: aiohttp.ClientSession, url: str) -> None:
+    """Wait for a worker to register: until then the endpoint is unknown (404) to the gateway."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        async with http.get(f"{url}/health") as r:
+            if r.status == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no worker registered for {url} within 30 s")
+
+
 async def test_acknowledged_jobs_survive_a_redis_crash_with_aof(tmp_path: Path) -> None:
     data = tmp_path / "aof"
     data.mkdir()
@@ -53,6 +64,7 @@ async def test_acknowledged_jobs_survive_a_redis_crash_with_aof(tmp_path: Path) 
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
             url = f"{gw.url}/v2/{EP}"
+            await until_known(http, url)
             acked = []
             for i in range(40):  # 8 running at a time (2 workers x 4), the rest queued
                 async with http.post(f"{url}/run", json={"input": {"seconds": 0.4}}) as r:

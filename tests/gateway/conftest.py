@@ -15,11 +15,13 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from serverless import periodic
 from serverless.gateway import GatewayOptions, create_app, start_gateway
 from serverless.gateway.webhooks import WebhookPolicy
-from serverless.model import Status, TakenJob
+from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
 from serverless.settings import Settings
-from serverless.store import JobStore
+from serverless.store import JobStore, now_ms
+from tests.conftest import register
 
 T = TypeVar("T")
 
@@ -85,6 +87,14 @@ async def gateway(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
 
 
+@pytest.fixture
+async def registered(store: JobStore, endpoint: str) -> str:
+    """The `endpoint` under test, in the registry: the gateway takes its jobs with no worker
+    serving it (an endpoint nobody can serve is a 404, serverless/gateway/known_endpoints)."""
+    await register(store, endpoint)
+    return endpoint
+
+
 # ---- in-test workers ---------------------------------------------------------------------
 
 Result = tuple[Status, bytes | None, str | None]
@@ -105,24 +115,42 @@ async def scripted(store: JobStore, job: TakenJob) -> Result:
     return Status.COMPLETED, msgspec.json.encode({"echo": value}), None
 
 
+async def beat(store: JobStore, endpoint: str, worker_id: str) -> None:
+    """Register an in-test worker as idle, seen now: the gateway knows its endpoint from here
+    on (known_endpoints), as it knows one a podq worker serves."""
+    await store.beat(WorkerBeat(id=worker_id, endpoint=endpoint, state=WorkerState.IDLE, seen_at=now_ms()))
+
+
 async def work(store: JobStore, endpoint: str, worker_id: str, handler: Handler = scripted) -> None:
-    """Take and finish jobs of `endpoint`, one at a time, until cancelled."""
-    while True:
-        taken = await store.take(endpoint, worker_id)
-        if taken is None:
-            await asyncio.sleep(0.005)
-            continue
-        status, output, error = await handler(store, taken)
-        await store.finish(taken.id, taken.attempt, status, output=output, error=error)
+    """Take and finish jobs of `endpoint`, one at a time, until cancelled; it beats every
+    heartbeat period, as a podq worker does."""
+    beating = asyncio.create_task(
+        periodic.every(store.settings.heartbeat_ms / 1000, lambda: beat(store, endpoint, worker_id)))
+    try:
+        while True:
+            taken = await store.take(endpoint, worker_id)
+            if taken is None:
+                await asyncio.sleep(0.005)
+                continue
+            status, output, error = await handler(store, taken)
+            await store.finish(taken.id, taken.attempt, status, output=output, error=error)
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+
+
+StartWorkers = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
-async def workers(store: JobStore) -> AsyncIterator[Callable[..., None]]:
-    """Start in-test workers: `workers(endpoint, n=1, handler=scripted)`; cancelled at the end."""
+async def workers(store: JobStore) -> AsyncIterator[StartWorkers]:
+    """Start in-test workers: `await workers(endpoint, n=1, handler=scripted)`, registered
+    (beat) before it returns; cancelled at the end."""
     tasks: list[asyncio.Task[None]] = []
 
-    def start(endpoint: str, n: int = 1, handler: Handler = scripted) -> None:
+    async def start(endpoint: str, n: int = 1, handler: Handler = scripted) -> None:
         for i in range(n):
+            await beat(store, endpoint, f"w{i}")
             tasks.append(asyncio.create_task(work(store, endpoint, f"w{i}", handler)))
 
     yield start

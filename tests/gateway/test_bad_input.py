@@ -48,6 +48,7 @@ def json_error(answer: Answer, status: int) -> str:
     ],
     ids=["input", "policy", "body", "objects"],
 )
+@pytest.mark.usefixtures("registered")
 async def test_deeply_nested_json_is_400_and_quick(
     gateway: Gateway, endpoint: str, route: str, body: bytes
 ) -> None:
@@ -79,6 +80,7 @@ async def test_deeply_nested_admin_bodies_are_400(gateway: Gateway, path: str) -
         b'\xef\xbb\xbf{"input": 1}'[:1] + b'{"input": 1}',  # a stray lead byte
     ],
 )
+@pytest.mark.usefixtures("registered")
 async def test_invalid_utf8_is_400(gateway: Gateway, endpoint: str, body: bytes) -> None:
     error = json_error(await gateway.call("POST", f"/v2/{endpoint}/run", data=body), 400)
     assert error.startswith("invalid request body: not valid UTF-8 (byte ")
@@ -101,6 +103,7 @@ async def test_invalid_utf8_in_admin_bodies_is_400(gateway: Gateway) -> None:
         ({"input": 1, "policy": {"lowPriority": 1}}, "Expected `bool`, got `int` - at `$.policy.lowPriority`"),
     ],
 )
+@pytest.mark.usefixtures("registered")
 async def test_wrong_types_are_400_naming_the_field(
     gateway: Gateway, endpoint: str, body: dict[str, Any], error: str
 ) -> None:
@@ -110,6 +113,7 @@ async def test_wrong_types_are_400_naming_the_field(
 
 @pytest.mark.parametrize("name", ["ttl", "executionTimeout"])
 @pytest.mark.parametrize("value", [0, -1, -(2**63), 7 * 24 * 3600 * 1000 + 1, 2**63 - 1, 10**30])
+@pytest.mark.usefixtures("registered")
 async def test_policy_durations_out_of_range_are_400(
     gateway: Gateway, endpoint: str, name: str, value: int
 ) -> None:
@@ -117,6 +121,7 @@ async def test_policy_durations_out_of_range_are_400(
     assert json_error(answer, 400) == POLICY_RANGE.format(name=name, value=value)
 
 
+@pytest.mark.usefixtures("registered")
 async def test_policy_durations_at_the_bounds_are_taken(gateway: Gateway, endpoint: str) -> None:
     for value in (1, 7 * 24 * 3600 * 1000):
         policy = {"ttl": value, "executionTimeout": value}
@@ -137,6 +142,7 @@ async def test_policy_durations_at_the_bounds_are_taken(gateway: Gateway, endpoi
         "",
     ],
 )
+@pytest.mark.usefixtures("registered")
 async def test_webhooks_that_are_not_http_urls_are_400(gateway: Gateway, endpoint: str, url: str) -> None:
     answer = await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1, "webhook": url})
     assert json_error(answer, 400) == (
@@ -145,6 +151,7 @@ async def test_webhooks_that_are_not_http_urls_are_400(gateway: Gateway, endpoin
 
 
 @pytest.mark.parametrize("url", [" https://example.com/hook", "https://example.com/a b", "https://ex\nample.com/"])
+@pytest.mark.usefixtures("registered")
 async def test_webhooks_with_spaces_or_control_characters_are_400(
     gateway: Gateway, endpoint: str, url: str
 ) -> None:
@@ -154,6 +161,7 @@ async def test_webhooks_with_spaces_or_control_characters_are_400(
     )
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_webhook_url_python_cannot_parse_is_400(gateway: Gateway, endpoint: str) -> None:
     answer = await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1, "webhook": "http://[::1"})
     assert json_error(answer, 400).startswith("webhook 'http://[::1' is not a valid URL (")
@@ -258,6 +266,7 @@ async def _make_key(gateway: Gateway, **body: Any) -> dict[str, str]:
     return made.body
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_scoped_key_is_403_on_every_route_of_another_endpoint(
     gateway: Gateway, endpoint: str
 ) -> None:
@@ -310,6 +319,7 @@ async def test_odd_authorization_headers_are_401(gateway: Gateway, endpoint: str
 # ---- nothing lost ------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("registered")
 async def test_after_a_barrage_of_bad_requests_every_job_is_there_and_completes(
     gateway: Gateway, store: JobStore, endpoint: str, workers
 ) -> None:
@@ -338,7 +348,7 @@ async def test_after_a_barrage_of_bad_requests_every_job_is_there_and_completes(
     ))
     assert all(a.status < 500 for a in answers), [(a.status, a.body) for a in answers]
     assert sorted({a.status for a in answers}) == [200, 400, 404, 409, 413]
-    workers(endpoint, n=2)
+    await workers(endpoint, n=2)
     deadline = time.monotonic() + 20
     for i, job_id in enumerate(jobs):
         while True:

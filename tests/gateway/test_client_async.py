@@ -18,7 +18,7 @@ async def client(
     gateway: Gateway, endpoint: str, workers, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[AsyncioEndpoint]:
     monkeypatch.setenv("PODQ_ENDPOINT_BASE_URL", f"{gateway.url}/v2")
-    workers(endpoint, n=2)
+    await workers(endpoint, n=2)
     async with AsyncioEndpoint(endpoint, api_key=ADMIN_KEY) as ep:
         yield ep
 
@@ -66,6 +66,7 @@ async def test_stream_ends_on_cancel(client: AsyncioEndpoint) -> None:
     assert seen == ["only"]
 
 
+@pytest.mark.usefixtures("registered")
 async def test_health_purge_and_a_caller_session(
     gateway: Gateway, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,13 +12,14 @@ from serverless.client import Endpoint, Job
 from serverless.errors import JobFailed, NotFound, Unauthorized
 from serverless.gateway import GatewayOptions
 from serverless.settings import Settings
-from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway, work
+from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway, beat, work
 
 
 @pytest.fixture
 def live(settings: Settings, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
     workers = tuple(lambda store, i=i: work(store, endpoint, f"w{i}") for i in range(2))
     server = ThreadedGateway(settings, GatewayOptions(admin_key=ADMIN_KEY), beside=workers).start()
+    server.run(beat(server.store, endpoint, "w0"))  # registered before the first call
     monkeypatch.setenv("PODQ_ENDPOINT_BASE_URL", f"{server.url}/v2")
     monkeypatch.setenv("PODQ_API_KEY", ADMIN_KEY)
     with Endpoint(endpoint) as client:

@@ -15,6 +15,7 @@ from serverless.gateway.auth import INVALID_KEY, MISSING_KEY, add_key
 from serverless.gateway.limits import MB, Limits, Rate
 from serverless.settings import Settings
 from serverless.store import JobStore
+from tests.conftest import register
 from tests.gateway.conftest import ADMIN_KEY, Gateway, GatewayFactory
 from serverless.redis_server import free_port
 
@@ -55,6 +56,7 @@ from serverless.redis_server import free_port
     ],
 )
 @pytest.mark.parametrize("route", ["run", "runsync"])
+@pytest.mark.usefixtures("registered")
 async def test_bad_body_is_400(
     gateway: Gateway, endpoint: str, route: str, body: bytes, error: str
 ) -> None:
@@ -63,6 +65,7 @@ async def test_bad_body_is_400(
 
 
 @pytest.mark.parametrize("wait", ["abc", "1.5", ""])
+@pytest.mark.usefixtures("registered")
 async def test_bad_wait_is_400(gateway: Gateway, endpoint: str, wait: str) -> None:
     answer = await gateway.call("POST", f"/v2/{endpoint}/runsync?wait={wait}", json={"input": 1})
     assert answer.status == 400
@@ -72,6 +75,7 @@ async def test_bad_wait_is_400(gateway: Gateway, endpoint: str, wait: str) -> No
     }
 
 
+@pytest.mark.usefixtures("registered")
 async def test_bad_last_event_id_is_400(gateway: Gateway, endpoint: str) -> None:
     job_id = (await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1})).body["id"]
     answer = await gateway.call(
@@ -97,6 +101,7 @@ async def test_missing_or_wrong_key_is_401(
 
 
 @pytest.mark.parametrize("header", [f"Bearer {ADMIN_KEY}", f"bearer {ADMIN_KEY}", ADMIN_KEY])
+@pytest.mark.usefixtures("registered")
 async def test_bearer_and_bare_admin_key_both_work(gateway: Gateway, endpoint: str, header: str) -> None:
     answer = await gateway.call(
         "GET", f"/v2/{endpoint}/health", headers={"Authorization": header}, auth=False
@@ -104,6 +109,7 @@ async def test_bearer_and_bare_admin_key_both_work(gateway: Gateway, endpoint: s
     assert answer.status == 200
 
 
+@pytest.mark.usefixtures("registered")
 async def test_keys_stored_hashed_in_redis_are_accepted(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -116,6 +122,7 @@ async def test_keys_stored_hashed_in_redis_are_accepted(
     assert answer.status == 200
 
 
+@pytest.mark.usefixtures("registered")
 async def test_extra_keys_given_to_the_app_are_accepted(
     make_gateway: GatewayFactory, endpoint: str
 ) -> None:
@@ -126,6 +133,7 @@ async def test_extra_keys_given_to_the_app_are_accepted(
     assert answer.status == 200
 
 
+@pytest.mark.usefixtures("registered")
 async def test_admin_key_comes_from_the_environment(
     make_gateway: GatewayFactory, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,6 +145,7 @@ async def test_admin_key_comes_from_the_environment(
     assert answer.status == 200
 
 
+@pytest.mark.usefixtures("registered")
 async def test_run_over_10_mb_is_413(gateway: Gateway, endpoint: str) -> None:
     body = b'{"input": "' + b"x" * (10 * MB) + b'"}'
     answer = await gateway.call("POST", f"/v2/{endpoint}/run", data=body)
@@ -147,6 +156,7 @@ async def test_run_over_10_mb_is_413(gateway: Gateway, endpoint: str) -> None:
     }
 
 
+@pytest.mark.usefixtures("registered")
 async def test_runsync_over_20_mb_is_413_but_15_mb_is_taken(gateway: Gateway, endpoint: str) -> None:
     big = b'{"input": "' + b"x" * (20 * MB) + b'"}'
     answer = await gateway.call("POST", f"/v2/{endpoint}/runsync", data=big)
@@ -156,6 +166,7 @@ async def test_runsync_over_20_mb_is_413_but_15_mb_is_taken(gateway: Gateway, en
     assert taken.status == 200 and taken.body["status"] == "IN_QUEUE"
 
 
+@pytest.mark.usefixtures("registered")
 async def test_chunked_body_over_the_cap_is_413(make_gateway: GatewayFactory, endpoint: str) -> None:
     gateway = await make_gateway(limits=Limits(run_max_bytes=1000))
 
@@ -176,7 +187,11 @@ async def test_chunked_body_over_the_cap_is_413(make_gateway: GatewayFactory, en
         )
 
 
-async def test_rate_limit_is_429_with_retry_after(make_gateway: GatewayFactory, endpoint: str) -> None:
+@pytest.mark.usefixtures("registered")
+async def test_rate_limit_is_429_with_retry_after(
+    make_gateway: GatewayFactory, store: JobStore, endpoint: str
+) -> None:
+    await register(store, "another-endpoint")
     gateway = await make_gateway(limits=Limits(rates={"run": Rate(2, per_s=60)}))
     statuses = [
         (await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1})).status for _ in range(3)
@@ -193,6 +208,7 @@ async def test_rate_limit_is_429_with_retry_after(make_gateway: GatewayFactory, 
     assert health.status == 200  # and per route
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_broken_json_client_never_gets_a_500(gateway: Gateway, endpoint: str) -> None:
     for body in (b"\xff\xfe", b"null", b'{"input": 1, "webhook": 5}', b'{"input": 1, "policy": []}'):
         answer = await gateway.call("POST", f"/v2/{endpoint}/run", data=body)

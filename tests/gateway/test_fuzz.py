@@ -24,6 +24,7 @@ import schemathesis
 from schemathesis import Case, CheckContext, Response
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from serverless import keys
 from serverless.codec import json_encode
 from serverless.gateway import GatewayOptions
 from serverless.gateway.app import api_spec
@@ -32,7 +33,7 @@ from serverless.model import Status
 from serverless.redis_server import RedisProcess
 from serverless.settings import Settings
 from serverless.store import JobStore
-from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
+from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway, beat
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +55,14 @@ async def finish_everything(store: JobStore) -> None:
 @pytest.fixture(scope="module")
 def fuzzed(redis_server: RedisProcess) -> Iterator[ThreadedGateway]:
     """The gateway under fuzz, with a worker that completes every job (finish_everything)."""
-    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300)
+    # worker routes long-poll: a short hold keeps each fuzzed take quick
+    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300, runpod_hold_ms=100)
     options = GatewayOptions(
         admin_key=ADMIN_KEY,
         # fuzzed webhook hosts are never waited on for long; private hosts are allowed,
         # since whether one is refused depends on this setting, not on the schema
         webhooks=WebhookPolicy(timeout_s=0.2, retries=0, retry_delay_s=0.0, allow_private=True),
+        worker_refusal_pause_s=0.0,  # fuzzed keys are refused on every worker route
     )
     with ThreadedGateway(settings, options, beside=(finish_everything,)) as gateway:
         yield gateway
@@ -120,8 +123,18 @@ def valid_data_is_accepted_or_refused_by_the_registry(
     return True
 
 
+def served(case: Case, fuzzed: ThreadedGateway) -> None:
+    """The fuzz worker serves every endpoint: it beats for the case's endpoint before the call,
+    so run, runsync, health and purge-queue get past the unknown-endpoint 404 (known_endpoints,
+    tested in test_known_endpoints.py) and their bodies and parameters are fuzzed too."""
+    endpoint = (case.path_parameters or {}).get("endpoint_id")
+    if isinstance(endpoint, str) and keys.valid_id(endpoint):
+        fuzzed.run(beat(fuzzed.store, endpoint, "fuzz-worker"))
+
+
 @schema.parametrize()
 def test_every_route_survives_fuzzing(case: Case, fuzzed: ThreadedGateway) -> None:
+    served(case, fuzzed)
     case.call_and_validate(
         base_url=fuzzed.url,
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},

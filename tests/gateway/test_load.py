@@ -16,7 +16,7 @@ CALLS = 1000
 async def test_1000_concurrent_runsync_calls_are_all_answered_correctly(
     gateway: Gateway, endpoint: str, workers
 ) -> None:
-    workers(endpoint, n=8)
+    await workers(endpoint, n=8)
     url = f"{gateway.url}/v2/{endpoint}/runsync"
     connector = aiohttp.TCPConnector(limit=0)
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}

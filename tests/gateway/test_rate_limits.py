@@ -8,6 +8,8 @@ from serverless.errors import ConfigError
 from serverless.gateway.auth import hash_key
 from serverless.gateway.limits import DEFAULT_KEY_RATES, Limits, Rate, limits_from_settings, parse_key_rates
 from serverless.settings import Settings, load_settings
+from serverless.store import JobStore
+from tests.conftest import register
 from tests.gateway.conftest import Gateway, GatewayFactory
 
 
@@ -20,7 +22,9 @@ async def run(gateway: Gateway, endpoint: str, key: str) -> int:
                                headers=bearer(key), auth=False)).status
 
 
-async def test_a_key_is_limited_over_all_endpoints(make_gateway: GatewayFactory) -> None:
+async def test_a_key_is_limited_over_all_endpoints(make_gateway: GatewayFactory, store: JobStore) -> None:
+    for ep in ("ep-a", "ep-b", "ep-c"):
+        await register(store, ep)
     gateway = await make_gateway(
         api_keys=("alice", "bob"), limits=Limits(rates={}, key_rates={"run": Rate(2, per_s=20)})
     )
@@ -48,6 +52,7 @@ async def test_stored_keys_are_limited_by_digest(make_gateway: GatewayFactory, e
     assert statuses == [404, 429]  # the 404 spent a token too: the request was served
 
 
+@pytest.mark.usefixtures("registered")
 async def test_endpoint_and_key_limits_both_apply_and_a_refusal_spends_nothing(
     make_gateway: GatewayFactory, endpoint: str
 ) -> None:
@@ -65,6 +70,7 @@ async def test_endpoint_and_key_limits_both_apply_and_a_refusal_spends_nothing(
     }
 
 
+@pytest.mark.usefixtures("registered")
 async def test_refused_keys_spend_no_tokens(make_gateway: GatewayFactory, endpoint: str) -> None:
     gateway = await make_gateway(api_keys=("alice",), limits=Limits(rates={"run": Rate(1, per_s=60)}))
     for _ in range(3):
@@ -72,7 +78,11 @@ async def test_refused_keys_spend_no_tokens(make_gateway: GatewayFactory, endpoi
     assert await run(gateway, endpoint, "alice") == 200
 
 
-async def test_default_key_rates_are_runpods_endpoint_rates(make_gateway: GatewayFactory, monkeypatch) -> None:
+async def test_default_key_rates_are_runpods_endpoint_rates(
+    make_gateway: GatewayFactory, store: JobStore, monkeypatch
+) -> None:
+    for i in range(3):
+        await register(store, f"ep-{i}")
     monkeypatch.delenv("PODQ_KEY_RATE_LIMITS", raising=False)
     assert limits_from_settings(Settings()).key_rates == DEFAULT_KEY_RATES
     assert DEFAULT_KEY_RATES["run"] == Rate(1000) and DEFAULT_KEY_RATES["purge-queue"] == Rate(2)
@@ -83,7 +93,11 @@ async def test_default_key_rates_are_runpods_endpoint_rates(make_gateway: Gatewa
     assert answers == [200, 200, 429]  # 2 purges per 10 s per key, over distinct endpoints
 
 
-async def test_key_rates_come_from_the_environment(make_gateway: GatewayFactory, endpoint: str) -> None:
+async def test_key_rates_come_from_the_environment(
+    make_gateway: GatewayFactory, store: JobStore, endpoint: str
+) -> None:
+    for ep in (endpoint, "ep-0", "ep-1", "ep-2"):
+        await register(store, ep)
     limited = load_settings({"PODQ_KEY_RATE_LIMITS": "run=1/60"})
     gateway = await make_gateway(api_keys=("alice",), limits=limits_from_settings(limited))
     assert [await run(gateway, endpoint, "alice") for _ in range(2)] == [200, 429]
@@ -92,6 +106,7 @@ async def test_key_rates_come_from_the_environment(make_gateway: GatewayFactory,
     assert [await run(unlimited, f"ep-{i}", "alice") for i in range(3)] == [200] * 3
 
 
+@pytest.mark.usefixtures("registered")
 async def test_rate_limits_off_turns_off_both(
     store, settings: Settings, make_gateway: GatewayFactory, endpoint: str
 ) -> None:

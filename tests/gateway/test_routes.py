@@ -12,6 +12,7 @@ from serverless.store import JobStore
 from tests.gateway.conftest import Gateway
 
 
+@pytest.mark.usefixtures("registered")
 async def test_run_queues_a_job(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     answer = await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": {"prompt": "hi"}})
     assert answer.status == 200
@@ -21,6 +22,7 @@ async def test_run_queues_a_job(gateway: Gateway, store: JobStore, endpoint: str
     assert taken.id == answer.body["id"] and msgspec.json.decode(taken.input) == {"prompt": "hi"}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_run_passes_policy_to_the_worker(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     envelope = {"input": 1, "policy": {"executionTimeout": 5000, "ttl": 60000, "lowPriority": True}}
     answer = await gateway.call("POST", f"/v2/{endpoint}/run", json=envelope)
@@ -29,6 +31,7 @@ async def test_run_passes_policy_to_the_worker(gateway: Gateway, store: JobStore
     assert taken.id == answer.body["id"] and taken.execution_timeout_ms == 5000
 
 
+@pytest.mark.usefixtures("registered")
 async def test_s3_config_reaches_the_worker_and_is_never_echoed(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -46,7 +49,7 @@ async def test_s3_config_reaches_the_worker_and_is_never_echoed(
 async def test_runsync_answers_the_finished_status_body(
     gateway: Gateway, endpoint: str, workers
 ) -> None:
-    workers(endpoint)
+    await workers(endpoint)
     answer = await gateway.call("POST", f"/v2/{endpoint}/runsync", json={"input": {"n": 3}})
     body = answer.body
     assert answer.status == 200 and body["status"] == "COMPLETED"
@@ -56,12 +59,13 @@ async def test_runsync_answers_the_finished_status_body(
 
 
 async def test_runsync_failed_job_carries_its_error(gateway: Gateway, endpoint: str, workers) -> None:
-    workers(endpoint)
+    await workers(endpoint)
     answer = await gateway.call("POST", f"/v2/{endpoint}/runsync", json={"input": {"fail": "boom"}})
     assert answer.body["status"] == "FAILED" and answer.body["error"] == "boom"
     assert "output" not in answer.body
 
 
+@pytest.mark.usefixtures("registered")
 async def test_runsync_not_done_in_time_answers_id_and_status(gateway: Gateway, endpoint: str) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -70,6 +74,7 @@ async def test_runsync_not_done_in_time_answers_id_and_status(gateway: Gateway, 
     assert answer.status == 200 and answer.body == {"id": answer.body["id"], "status": "IN_QUEUE"}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_runsync_wait_below_minimum_is_clamped_to_one_second(
     gateway: Gateway, endpoint: str
 ) -> None:
@@ -79,6 +84,7 @@ async def test_runsync_wait_below_minimum_is_clamped_to_one_second(
     assert loop.time() - started >= 0.9 and answer.body["status"] == "IN_QUEUE"
 
 
+@pytest.mark.usefixtures("registered")
 async def test_status_shows_queue_progress_and_result(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -104,6 +110,7 @@ async def test_unknown_job_is_404_json(gateway: Gateway, endpoint: str, path: st
     }
 
 
+@pytest.mark.usefixtures("registered")
 async def test_job_of_another_endpoint_is_404(gateway: Gateway, endpoint: str) -> None:
     job_id = (await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1})).body["id"]
     for path in ("status", "stream", "cancel"):
@@ -120,6 +127,7 @@ async def test_invalid_endpoint_id_is_404_json(gateway: Gateway) -> None:
     }
 
 
+@pytest.mark.usefixtures("registered")
 async def test_cancel_queued_then_finished_job(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     job_id = (await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1})).body["id"]
     answer = await gateway.call("POST", f"/v2/{endpoint}/cancel/{job_id}")
@@ -129,6 +137,7 @@ async def test_cancel_queued_then_finished_job(gateway: Gateway, store: JobStore
     assert again.body == {"id": job_id, "status": "CANCELLED"}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_retry_of_failed_job_and_409_otherwise(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -146,6 +155,7 @@ async def test_retry_of_failed_job_and_409_otherwise(
     assert again.id == job_id and msgspec.json.decode(again.input) == {"v": 7}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_purge_queue_and_health(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     for _ in range(4):
         await gateway.call("POST", f"/v2/{endpoint}/run", json={"input": 1})
@@ -175,6 +185,10 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
         "/v2/{endpoint_id}/stream/{job_id}", "/v2/{endpoint_id}/cancel/{job_id}",
         "/v2/{endpoint_id}/retry/{job_id}", "/v2/{endpoint_id}/purge-queue",
         "/v2/{endpoint_id}/health", "/healthz", "/openapi.json",
+        # RunPod's worker-side protocol (serverless/gateway/worker_routes.py)
+        "/v2/{endpoint_id}/job-take/{worker_id}", "/v2/{endpoint_id}/job-take-batch/{worker_id}",
+        "/v2/{endpoint_id}/job-done/{worker_id}/{job_id}", "/v2/{endpoint_id}/job-stream/{worker_id}/{job_id}",
+        "/v2/{endpoint_id}/ping/{worker_id}", "/v2/{endpoint_id}/job-stop/{worker_id}",
     } == {p for p in spec["paths"] if not p.startswith("/v1/")}  # /v1: tests/admin
     run = spec["paths"]["/v2/{endpoint_id}/run"]["post"]
     assert run["requestBody"]["content"]["application/json"]["schema"] == {
@@ -194,6 +208,7 @@ async def test_unknown_route_and_wrong_method_are_json(gateway: Gateway, endpoin
     assert wrong.body == {"error": f"DELETE is not allowed on /v2/{endpoint}/run; use POST"}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_reaper_requeues_a_crashed_workers_job(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:

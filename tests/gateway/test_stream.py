@@ -41,6 +41,7 @@ def output_of(event: SSEEvent) -> object:
     return msgspec.json.decode(event.data)["output"]
 
 
+@pytest.mark.usefixtures("registered")
 async def test_polling_returns_each_chunk_once_then_empty_when_done(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -58,6 +59,7 @@ async def test_polling_returns_each_chunk_once_then_empty_when_done(
     assert (await gateway.call("GET", path)).body == {"status": "COMPLETED", "stream": []}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_sse_pushes_each_chunk_live_then_the_final_status(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -80,6 +82,7 @@ async def test_sse_pushes_each_chunk_live_then_the_final_status(
         assert await response.content.read() == b""  # and the response ends
 
 
+@pytest.mark.usefixtures("registered")
 async def test_sse_final_status_is_pushed_when_the_job_ends_not_when_a_wait_times_out(
     make_gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -96,6 +99,7 @@ async def test_sse_final_status_is_pushed_when_the_job_ends_not_when_a_wait_time
         assert final.event == "status" and msgspec.json.decode(final.data)["status"] == "COMPLETED"
 
 
+@pytest.mark.usefixtures("registered")
 async def test_sse_resumes_after_last_event_id(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     job_id, attempt = await started_job(gateway, store, endpoint)
     await store.append_chunks(job_id, attempt, [b"1", b"2", b"3"])
@@ -112,6 +116,7 @@ async def test_sse_resumes_after_last_event_id(gateway: Gateway, store: JobStore
     ]
 
 
+@pytest.mark.usefixtures("registered")
 async def test_sse_does_not_move_the_polling_cursor(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -124,6 +129,7 @@ async def test_sse_does_not_move_the_polling_cursor(
     assert polled.body == {"status": "COMPLETED", "stream": [{"output": 1}]}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_sse_ends_with_cancelled(gateway: Gateway, store: JobStore, endpoint: str) -> None:
     job_id, attempt = await started_job(gateway, store, endpoint)
     url = f"{gateway.url}/v2/{endpoint}/stream/{job_id}"

@@ -74,6 +74,7 @@ async def finish_with_webhook(
     return job_id
 
 
+@pytest.mark.usefixtures("registered")
 async def test_webhook_gets_the_status_body_once(
     gateway: Gateway, store: JobStore, endpoint: str, receiver
 ) -> None:
@@ -87,6 +88,7 @@ async def test_webhook_gets_the_status_body_once(
     assert len(rec.bodies) == 1
 
 
+@pytest.mark.usefixtures("registered")
 async def test_failed_and_cancelled_jobs_get_webhooks_too(
     gateway: Gateway, store: JobStore, endpoint: str, receiver
 ) -> None:
@@ -101,6 +103,7 @@ async def test_failed_and_cancelled_jobs_get_webhooks_too(
     ]
 
 
+@pytest.mark.usefixtures("registered")
 async def test_webhook_is_retried_twice_after_failures(
     gateway: Gateway, store: JobStore, endpoint: str, receiver
 ) -> None:
@@ -110,6 +113,7 @@ async def test_webhook_is_retried_twice_after_failures(
     assert len(rec.bodies) == 3 and rec.bodies[0] == rec.bodies[2]
 
 
+@pytest.mark.usefixtures("registered")
 async def test_slow_receiver_times_out_and_is_retried(
     make_gateway: GatewayFactory, store: JobStore, endpoint: str, receiver
 ) -> None:
@@ -119,6 +123,7 @@ async def test_slow_receiver_times_out_and_is_retried(
     await rec.wait_for(2)
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_failing_webhook_never_changes_the_job(
     gateway: Gateway, store: JobStore, endpoint: str, receiver
 ) -> None:
@@ -131,6 +136,7 @@ async def test_a_failing_webhook_never_changes_the_job(
     assert status.body["status"] == "COMPLETED" and status.body["output"] == {"y": 2}
 
 
+@pytest.mark.usefixtures("registered")
 async def test_unreachable_webhook_never_changes_the_job(
     gateway: Gateway, store: JobStore, endpoint: str
 ) -> None:
@@ -140,6 +146,7 @@ async def test_unreachable_webhook_never_changes_the_job(
     assert status.body["status"] == "COMPLETED"
 
 
+@pytest.mark.usefixtures("registered")
 async def test_two_gateway_replicas_deliver_once(
     make_gateway: GatewayFactory, store: JobStore, endpoint: str, receiver
 ) -> None:

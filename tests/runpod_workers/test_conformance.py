@@ -415,3 +415,21 @@ async def _stuck(gateway: RunningGateway, endpoint: str, worker_id: str):
 def test_keys_module_names_the_worker_keys() -> None:
     assert keys.held("ep", "w") == "podq:ep:ep:held:w"
     assert keys.stops("ep", "w") == "podq:ep:ep:stops:w"
+
+
+async def test_gateway_shutdown_ends_held_polls_quickly(rp_settings, endpoint) -> None:
+    from serverless.gateway import GatewayOptions, start_gateway
+
+    settings = msgspec.structs.replace(rp_settings, runpod_hold_ms=20_000)
+    gw = await start_gateway(settings, "127.0.0.1", 0, GatewayOptions(admin_key=KEY))
+    await register(gw.store, endpoint)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30, headers={"Authorization": KEY}) as c:
+        polls = [asyncio.create_task(c.get(f"/v2/{endpoint}/{route}/w1?gpu=x"))
+                 for route in ("job-take", "job-stop")]
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await gw.close()
+        assert time.monotonic() - started < 5, "held long-polls kept the gateway from stopping"
+        for poll in polls:
+            answer = await poll
+            assert answer.status_code == 204

@@ -24,12 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 @asynccontextmanager
 async def running_worker(settings: Settings, endpoint: str, config: dict[str, Any],
                          worker_id: str = "w-inproc") -> AsyncIterator[Worker]:
-    """A real Worker in this event loop, against the real redis-server; stopped on exit."""
+    """A real Worker in this event loop, against the real redis-server, registered (its first
+    beat written: the gateway knows its endpoint) before it is yielded; stopped on exit."""
     store = JobStore(await connect(settings.redis_url), settings)
     blocking = await connect_single(settings.redis_url)
     worker = Worker(parse_config(config), store, blocking, settings, endpoint, worker_id)
     task = asyncio.create_task(worker.run())
     try:
+        for _ in range(500):
+            if task.done() or await store.worker(endpoint, worker_id) is not None:
+                break
+            await asyncio.sleep(0.01)
         yield worker
     finally:
         worker.request_stop()
