@@ -38,8 +38,9 @@ class PodqHttp(Peer):
     async def ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            workers = (await self.health())["workers"]
-            if workers["idle"] + workers["running"] >= self.workers:
+            # /health is a 404 until the first worker registers (the endpoint is in no registry)
+            workers = (await self.health()).get("workers", {})
+            if workers.get("idle", 0) + workers.get("running", 0) >= self.workers:
                 break
             self.procs.check_alive()
             if time.monotonic() > deadline:
