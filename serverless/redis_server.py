@@ -224,7 +224,10 @@ class RedisProcess:
 
     def start(self) -> RedisProcess:
         log = open(Path(self.dir) / "redis.log", "wb")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        # its own session: a Ctrl-C in the terminal (SIGINT to the foreground process group)
+        # must not stop Redis under `podq dev` while it still drains; stop() ends it last
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -30,6 +30,7 @@ def test_podq_dev_serves_example_and_stops_cleanly() -> None:
         [sys.executable, "-m", "serverless.cli", "dev", "examples/stream/handler.py",
          "--port", str(port), "--workers", "2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
     )
     try:
         banner = ""
@@ -51,8 +52,12 @@ def test_podq_dev_serves_example_and_stops_cleanly() -> None:
             assert c.get("/health", headers={"Authorization": "wrong"}).status_code == 401
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) >= 3  # redis-server and two workers
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         assert proc.wait(timeout=40) == 0
+        after = proc.stdout.read()
+        # Redis outlives the drain (its own session), so nothing warns about reconnecting
+        assert "stopping workers, gateway and Redis" in after
+        assert "warning" not in after.lower() and "reconnect" not in after.lower(), after
         for pid in children:
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     finally:
