@@ -22,7 +22,7 @@ from bench.common import ROOT, machine
 from bench.report import Section, draw, report_markdown, section_markdown
 
 SCENARIOS = ("latency", "throughput", "streaming", "scale", "coldstart", "footprint",
-             "runpod_worker")
+             "runpod_worker", "redis_cpu")
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -315,7 +315,8 @@ def create_endpoint(
         allowed_cuda_versions: ignored.
         gpu_count: GPUs per worker.
         **podq_extras: podq's own fields: id, execution_timeout_ms, labels, backend
-            ("process", "docker", "kubernetes"), paused.
+            ("process", "docker", "kubernetes"), paused, rate_limits (gateway rate limits:
+            "runpod", "run=500/10,runsync=1000/10" or "off"; None: the gateway's default).
 
     Returns:
         The endpoint: a dict (`result["id"]`) with lifecycle methods (wait, pause, ...).
@@ -344,7 +345,8 @@ def get_endpoint(endpoint_id: str) -> ManagedEndpoint:
 
 
 def update_endpoint(endpoint_id: str, **fields: Any) -> ManagedEndpoint:
-    """Change any of an endpoint's settings, e.g. `update_endpoint(id, workers_max=5)`."""
+    """Change any of an endpoint's settings, e.g. `update_endpoint(id, workers_max=5)` or
+    `update_endpoint(id, rate_limits="run=500/10")` (None: back to the gateway's default)."""
     client = AdminClient.create()
     return ManagedEndpoint(client.update_endpoint(endpoint_id, fields), client)
 

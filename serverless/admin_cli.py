@@ -40,6 +40,8 @@ ENDPOINT_OPTIONS: tuple[Option, ...] = (
     ("--labels", dict, "a label KEY=VALUE (repeat the option for more)"),
     ("--backend", str, "process (default), docker or kubernetes"),
     ("--paused", bool, "paused: no workers, jobs stay queued"),
+    ("--rate-limits", str, "gateway rate limits: runpod, a spec like run=500/10,runsync=1000/10, "
+                           "or off; '' for the gateway's default (PODQ_RATE_LIMITS)"),
 )
 TEMPLATE_OPTIONS: tuple[Option, ...] = (
     ("--name", str, "a readable name"),

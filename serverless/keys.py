@@ -26,7 +26,8 @@ Global:       podq:endpoints           SET   endpoint ids that ever got a job (f
 Per delivery: podq:webhook:{id}:{ms}   STRING  claim: the gateway replica that delivers a job's
                                        webhook for the terminal state reached at {ms}
 
-Lua scripts get the same spellings through `lua_header()`, so no script types a key by hand.
+The job store's Redis functions (serverless/lua/) get the same spellings through `lua_header()`,
+so no function types a key by hand.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def _lua_key_fn(name: str, template: str) -> str:
 
 
 def lua_header() -> str:
-    """Lua functions K_job(id), K_queue(ep), ... built from the templates above."""
+    """Lua functions K_job(id), K_queue(ep), ... built from the templates above, and the
+    constants the functions use: the head of the function library (serverless/functions.py),
+    run once when Redis loads it."""
     names = {
         "job": JOB, "chunks": CHUNKS, "queue": QUEUE, "leases": LEASES, "stats": STATS,
         "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,

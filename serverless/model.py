@@ -237,6 +237,9 @@ class EndpointConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     labels: dict[str, str] = {}
     backend: str = "process"
     paused: bool = False
+    # gateway rate limits (serverless/rates.py): "runpod", "run=500/10,runsync=1000/10", "off";
+    # None or "": the gateway's default, PODQ_RATE_LIMITS (off unless set)
+    rate_limits: str | None = None
     # bumped on every change workers must pick up (template); old workers are rolled
     version: int = 1
     status: EndpointStatus = EndpointStatus.PENDING

@@ -8,7 +8,7 @@ TLS error: retrying cannot fix those, and the error says which setting does). It
 section 1.11 would land on our users:
 
 - pickup bound to `poll_delay` (0.5 s)     -> workers block on a per-endpoint doorbell list
-                                              (BLPOP); a submit rings it in the same script
+                                              (BLPOP); a submit rings it in the same function
 - running jobs hide new ones (queue_read_limit) -> a take moves the job from the queue zset to
                                               a leases zset, so the queue holds queued jobs only
 - pickle by default                         -> JSON (msgspec) only, see codec.py
@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis as redis_sync
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.asyncio import Redis, SSLConnection
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serverless import keys
@@ -46,6 +47,11 @@ _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0"
 CONNECT_TIMEOUT_S = 2.0
 CONNECT_ATTEMPTS = 4  # the first try and 3 retries, RETRY_DELAY_S apart
 RETRY_DELAY_S = 0.5
+# The job store's operations are Redis 7 Functions (serverless/functions.py); Valkey 7.2+ has them.
+MIN_VERSION = (7, 0, 0)
+NEEDS_REDIS_7 = "podq needs Redis >= 7 (Functions)"
+UPGRADE = "upgrade it, or point PODQ_REDIS_URL at a Redis 7 (or Valkey 7.2 or later)"
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
 def redis_settings(url: str) -> RedisSettings:
@@ -164,18 +170,69 @@ def _final(e: BaseException) -> bool:
 
 async def connect(url: str) -> ArqRedis:
     """A pooled client for `url` (pass `settings.redis_dsn`); raises RedisUnavailable naming the
-    URL (password masked) and the fix, or ConfigError for a malformed URL or missing TLS file."""
+    URL (password masked) and the fix, or ConfigError for a malformed URL, a missing TLS file
+    or a server older than Redis 7."""
     settings = redis_settings(url)
     for attempt in range(CONNECT_ATTEMPTS):
         try:
-            return await create_pool(settings)
+            pool = await create_pool(settings)
         except (OSError, RedisError, asyncio.TimeoutError) as e:
             if _final(e) or attempt == CONNECT_ATTEMPTS - 1:
                 raise connection_error(url, e) from e
             log.warning("Redis at %s not reachable yet (%s); retrying", redact_url(url),
                         redact_text(str(e), url))
             await asyncio.sleep(RETRY_DELAY_S)
+            continue
+        try:
+            await require_functions(pool, url)
+        except (OSError, RedisError, asyncio.TimeoutError) as e:
+            await pool.aclose()
+            raise connection_error(url, e) from e
+        except ConfigError:
+            await pool.aclose()
+            raise
+        return pool
     raise AssertionError("unreachable")
+
+
+async def server_version(redis: Redis) -> tuple[int, int, int] | None:
+    """The server's version: from HELLO (every ACL user may send it), else `INFO server`
+    (Valkey's own version first); None when neither answers."""
+    try:
+        reply = await redis.execute_command("HELLO")
+        fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
+        text = fields.get(b"version") or fields.get("version")
+    except ResponseError:  # older than 6.0, or a proxy
+        try:
+            info = await redis.execute_command("INFO", "server")
+        except ResponseError:
+            return None
+        text = info.get("valkey_version") or info.get("redis_version")
+    found = _VERSION.match(text.decode() if isinstance(text, bytes) else str(text or ""))
+    return (int(found[1]), int(found[2]), int(found[3])) if found else None
+
+
+def check_version(version: tuple[int, int, int] | None, url: str) -> None:
+    """Raise ConfigError when `version` is older than Redis 7 (no Functions); an unknown
+    version (None) passes, and FUNCTION LOAD then says it."""
+    if version is not None and version < MIN_VERSION:
+        shown = ".".join(map(str, version))
+        raise ConfigError(f"{NEEDS_REDIS_7}; this server is {shown} at {redact_url(url)}: {UPGRADE}")
+
+
+async def require_functions(redis: Redis, url: str) -> None:
+    """check_version for the server `redis` talks to."""
+    check_version(await server_version(redis), url)
+
+
+def server_url(redis: Redis) -> str:
+    """Where `redis` connects, as a URL without credentials (for messages)."""
+    pool = redis.connection_pool
+    kw = pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 async def connect_single(url: str) -> Redis:

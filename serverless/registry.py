@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template, WorkerProtocol
+from serverless.rates import parse_rates
 
 endpoint_decoder = msgspec.json.Decoder(EndpointConfig)
 template_decoder = msgspec.json.Decoder(Template)
@@ -85,6 +86,17 @@ def check_endpoint(e: EndpointConfig, template_exists: bool) -> None:
     if e.scaler_type is ScalerType.REQUEST_COUNT and e.scaler_value < 1:
         raise BadRequest(f"REQUEST_COUNT scaler_value is {e.scaler_value}; use 1 or more jobs per worker")
     check_gpu_ids(e.gpu_ids)
+    check_rate_limits(e.rate_limits)
+
+
+def check_rate_limits(spec: str | None) -> None:
+    """Refuse a `rate_limits` the gateway could not apply (serverless/rates.py's grammar)."""
+    if spec is None:
+        return
+    try:
+        parse_rates(spec)
+    except ValueError as e:
+        raise BadRequest(f"rate_limits {spec!r} is invalid: {e}") from None
 
 
 def parse_scaler_type(value: str) -> ScalerType:

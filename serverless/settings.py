@@ -42,10 +42,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_chunk_bytes: int = 1 << 20
     # cap on a worker process's heap in MB (RLIMIT_DATA; worker/config.py); 0 = no cap
     worker_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
-    # per-endpoint request rates at the gateway (RunPod's numbers); false turns them off
-    rate_limits: bool = True
-    # per-key request rates over RunPod's defaults, `run=100/10,status=500` or `false`
-    # (serverless/gateway/limits.py parses it); '' = the defaults
+    # the gateway's default request rates per endpoint, for endpoints with no `rate_limits` of
+    # their own (serverless/rates.py's grammar): `runpod` (RunPod's cloud quotas), a spec like
+    # `run=500/10,runsync=1000/10`, or false (the default: podq runs on your own GPUs)
+    rate_limits: bool | str = False
+    # request rates per API key over all endpoints, same grammar; '' or false = none (default)
     key_rate_limits: str = ""
     # webhooks to private / loopback addresses (refused by default: SSRF)
     webhook_allow_private: bool = False

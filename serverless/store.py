@@ -1,8 +1,9 @@
 """JobStore: the one job store the gateway, the workers and the scaler share.
 
-It takes records and returns records; every status change is one Lua script (serverless/lua/)
-whose legal moves come from lifecycle.TRANSITIONS. A lost race returns a value (None, False or
-a TransitionResult), never an exception: the caller decides what it means for its user.
+It takes records and returns records; every status change is one call of a Redis function
+(serverless/functions.py, serverless/lua/) whose legal moves come from lifecycle.TRANSITIONS.
+A lost race returns a value (None, False or a TransitionResult), never an exception: the caller
+decides what it means for its user.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any
 
 import msgspec
@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from serverless import keys, lifecycle
 from serverless.codec import beat_decoder, encode_json, record_fields, record_from_hash, taken_from_reply
 from serverless.errors import BadRequest, Conflict, NotFound
+from serverless.functions import Library
 from serverless.lifecycle import Event
 from serverless.model import (
     Chunk,
@@ -37,9 +38,6 @@ from serverless.model import (
 from serverless.notify import Notifier
 from serverless.settings import Settings
 
-_SCRIPTS = (
-    "submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge", "ping", "release",
-)
 TTL_ERROR = "job waited longer than its ttl of %d ms before a worker took it"
 TIMEOUT_ERROR = (
     "execution took longer than executionTimeout of %d ms; "
@@ -59,12 +57,6 @@ class TransitionResult(msgspec.Struct):
     status: Status | None = None  # the status the job had before
 
 
-def _load_scripts(redis: Redis) -> dict[str, Any]:
-    folder = resources.files("serverless") / "lua"
-    head = keys.lua_header() + (folder / "_lib.lua").read_text()
-    return {n: redis.register_script(head + (folder / f"{n}.lua").read_text()) for n in _SCRIPTS}
-
-
 def new_job_id(sync: bool) -> str:
     """RunPod-shaped ids: `<uuid>-u1` for /run, `sync-<uuid>-e1` for /runsync."""
     return f"sync-{uuid.uuid4()}-e1" if sync else f"{uuid.uuid4()}-u1"
@@ -76,7 +68,7 @@ class JobStore:
     def __init__(self, redis: Redis, settings: Settings, notifier: Notifier | None = None) -> None:
         self.redis = redis
         self.settings = settings
-        self._scripts = _load_scripts(redis)
+        self._lib = Library(redis)
         self._notifier = notifier
 
     async def close(self) -> None:
@@ -119,14 +111,17 @@ class JobStore:
         """Queue a job (one round trip). Raises Conflict if `job_id` is already taken."""
         _check_id(endpoint, "endpoint")
         record = self.new_record(endpoint, request, sync=sync, job_id=job_id, now=now or now_ms())
-        await self._insert(record)
+        await self._insert(record, fresh=job_id is None)
         return record
 
-    async def _insert(self, record: JobRecord) -> None:
+    async def _insert(self, record: JobRecord, *, fresh: bool) -> None:
+        """Write and queue a new record. fresh: its id was just generated (a uuid4), so the
+        check that no job has it is skipped (one Redis command less per job)."""
         _check_id(record.id, "job")
         score = record.submitted_at + (keys.LOW_PRIORITY_OFFSET if record.low_priority else 0)
-        args = [record.endpoint, record.id, score, *record_fields(record), "score", score]
-        if not await self._scripts["submit"](keys=[keys.job(record.id)], args=args):
+        args = [record.endpoint, record.id, score, "1" if fresh else "",
+                *record_fields(record), "score", score]
+        if not await self._lib.call("submit", [keys.job(record.id)], args):
             raise Conflict(f"a job with id '{record.id}' already exists; use another id")
 
     async def get(self, job_id: str, now: int | None = None) -> JobRecord | None:
@@ -174,7 +169,7 @@ class JobStore:
         _check_id(endpoint, "endpoint")
         record = self.new_record(endpoint, request, sync=sync, job_id=None, now=now_ms())
         async with self.watching(record.id) as event:
-            await self._insert(record)
+            await self._insert(record, fresh=True)
             latest = await self._wait_on(record.id, event, timeout_s, read_first=False)
             return latest or record
 
@@ -213,7 +208,7 @@ class JobStore:
         """RunPod's /stream: chunks not yet returned by an earlier call, and the status."""
         if not keys.valid_id(job_id):
             return None
-        reply = await self._scripts["drain"](keys=[keys.job(job_id), keys.chunks(job_id)], args=[count])
+        reply = await self._lib.call("drain", [keys.job(job_id), keys.chunks(job_id)], [count])
         if reply[0] == b"missing":
             return None
         chunks = [Chunk(cursor=e[0].decode(), output=msgspec.Raw(e[1][1])) for e in reply[1]]
@@ -253,9 +248,8 @@ class JobStore:
         _check_id(endpoint, "endpoint")
         now, removed = now or now_ms(), 0
         while True:  # batches (serverless/lua/purge.lua), so Redis stays responsive
-            batch, seen = await self._scripts["purge"](
-                keys=[keys.queue(endpoint)],
-                args=[endpoint, now, PURGE_ERROR, PURGE_BATCH, removed],
+            batch, seen = await self._lib.call(
+                "purge", [keys.queue(endpoint)], [endpoint, now, PURGE_ERROR, PURGE_BATCH, removed]
             )
             removed += int(batch)
             if int(seen) < PURGE_BATCH:
@@ -310,9 +304,10 @@ class JobStore:
     ) -> list[TakenJob]:
         """Take up to `count` of the oldest queued jobs in one round trip (a worker asks for
         as many as it has free slots), each leased to `worker_id`; [] when none is queued."""
-        reply = await self._scripts["take"](
-            keys=[keys.queue(endpoint), keys.leases(endpoint)],
-            args=[endpoint, now or now_ms(), self.settings.lease_ms, worker_id, TTL_ERROR, count],
+        now = now or now_ms()
+        reply = await self._lib.call(
+            "take", [keys.queue(endpoint), keys.leases(endpoint)],
+            [endpoint, now, now + self.settings.lease_ms, worker_id, TTL_ERROR, count],
         )
         return [taken_from_reply(endpoint, item) for item in reply]
 
@@ -326,11 +321,13 @@ class JobStore:
         ping intervals, podq keeps the job's executionTimeout deadline (the SDK never enforces
         one; `execution_timeout_ms` applies when the job has none) and remembers the hand-off,
         so a worker that says it holds nothing gives the job back (`release_runpod_worker`)."""
-        reply = await self._scripts["take"](
-            keys=[keys.queue(endpoint), keys.leases(endpoint), keys.deadlines(endpoint),
-                  keys.held(endpoint, worker_id)],
-            args=[endpoint, now or now_ms(), self.settings.runpod_lease_ms, worker_id, TTL_ERROR,
-                  count, execution_timeout_ms],
+        now = now or now_ms()
+        reply = await self._lib.call(
+            "take",
+            [keys.queue(endpoint), keys.leases(endpoint), keys.deadlines(endpoint),
+             keys.held(endpoint, worker_id)],
+            [endpoint, now, now + self.settings.runpod_lease_ms, worker_id, TTL_ERROR, count,
+             execution_timeout_ms],
         )
         return [taken_from_reply(endpoint, item) for item in reply]
 
@@ -343,16 +340,16 @@ class JobStore:
         if not job_ids:
             return []
         deadline = (now or now_ms()) + self.settings.runpod_lease_ms
-        stuck = await self._scripts["ping"](
-            keys=[keys.leases(endpoint), keys.stops(endpoint, worker_id)],
-            args=[deadline, worker_id, *job_ids],
+        stuck = await self._lib.call(
+            "ping", [keys.leases(endpoint), keys.stops(endpoint, worker_id)],
+            [deadline, worker_id, *job_ids],
         )
         return [x.decode() for x in stuck]
 
     async def release_runpod_worker(self, endpoint: str, worker_id: str, now: int | None = None) -> int:
         """The worker holds no job: requeue every job still IN_PROGRESS under it (lost hand-offs)."""
-        return int(await self._scripts["release"](
-            keys=[keys.held(endpoint, worker_id)], args=[endpoint, worker_id, now or now_ms()]
+        return int(await self._lib.call(
+            "release", [keys.held(endpoint, worker_id)], [endpoint, worker_id, now or now_ms()]
         ))
 
     async def pop_stops(self, endpoint: str, worker_id: str, timeout_s: float) -> list[str]:
@@ -375,7 +372,7 @@ class JobStore:
             return []
         pairs = [x for job_id, attempt in attempts.items() for x in (job_id, attempt)]
         deadline = (now or now_ms()) + self.settings.lease_ms
-        lost = await self._scripts["renew"](keys=[keys.leases(endpoint)], args=[deadline, *pairs])
+        lost = await self._lib.call("renew", [keys.leases(endpoint)], [deadline, *pairs])
         return [x.decode() for x in lost]
 
     async def progress(self, job_id: str, attempt: int, output: bytes) -> bool:
@@ -386,9 +383,8 @@ class JobStore:
 
     async def append_chunks(self, job_id: str, attempt: int, chunks: list[bytes]) -> bool:
         """Append chunks in order; False when this attempt no longer owns the job."""
-        reply = await self._scripts["chunks"](
-            keys=[keys.job(job_id), keys.chunks(job_id)],
-            args=[attempt, CHUNK_STREAM_MAXLEN, *chunks],
+        reply = await self._lib.call(
+            "chunks", [keys.job(job_id), keys.chunks(job_id)], [attempt, CHUNK_STREAM_MAXLEN, *chunks]
         )
         return reply[0] == b"ok"
 
@@ -426,9 +422,9 @@ class JobStore:
         """Requeue (or fail, when out of attempts) jobs whose lease expired, and end TIMED_OUT
         the jobs of RunPod-protocol workers past their executionTimeout. Returns (requeued,
         failed); timed-out jobs are announced like any other end (done channel, job-stop)."""
-        requeued, failed, _ = await self._scripts["reap"](
-            keys=[keys.leases(endpoint), keys.deadlines(endpoint)],
-            args=[
+        requeued, failed, _ = await self._lib.call(
+            "reap", [keys.leases(endpoint), keys.deadlines(endpoint)],
+            [
                 endpoint, now or now_ms(), self.settings.max_attempts,
                 lifecycle.LEASE_LOST_ERROR, limit, TIMEOUT_ERROR,
             ],
@@ -468,7 +464,7 @@ class JobStore:
             job_id, lifecycle.TRANSITIONS[event][1].value, lifecycle.sources_arg(event),
             "" if attempt is None else attempt, now, len(pairs) // 2, *pairs, *delete,
         ]
-        reply = await self._scripts["transition"](keys=[keys.job(job_id)], args=args)
+        reply = await self._lib.call("transition", [keys.job(job_id)], args)
         status = Status(reply[1].decode()) if len(reply) > 1 else None
         return TransitionResult(reply[0].decode(), status)
 

@@ -34,11 +34,12 @@ ADMIN_KEY = "sec-admin-key"
 PASSWORD = "s3cr:t@pod/q%X"  # URL-hostile on purpose: : @ / % must be percent-encoded
 USER_PASSWORD = "acl-Pa55word-42"
 # The ACL podq needs, as in docs/security.md: its keys and channels only (a PSUBSCRIBE pattern
-# must be granted literally: &podq:ep:*:done), data commands, running its Lua scripts, and
-# nothing @dangerous (no FLUSHALL, CONFIG, KEYS, INFO, DEBUG, SCRIPT FLUSH, ...).
+# must be granted literally: &podq:ep:*:done), data commands, loading and calling its Redis
+# functions (the job store) and its Lua scripts (leader lease, rate limits), and nothing
+# @dangerous (no FLUSHALL, CONFIG, KEYS, INFO, DEBUG, SCRIPT FLUSH, FUNCTION FLUSH, ...).
 PODQ_ACL = ("resetkeys ~podq:* resetchannels &podq:* &podq:ep:*:done -@all +@read +@write +@pubsub "
-            "+@blocking +@connection +@transaction +eval +evalsha +script|load +script|exists "
-            "-@dangerous")
+            "+@blocking +@connection +@transaction +fcall +function|load +eval +evalsha "
+            "+script|load +script|exists -@dangerous")
 
 
 def make_certs(directory: Path) -> TLSFiles:

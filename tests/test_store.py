@@ -278,3 +278,114 @@ async def test_health_counts(store: JobStore, endpoint: str) -> None:
 def test_request_decoder_keeps_input_raw() -> None:
     r = run_request_decoder.decode(b'{"input": {"a": [1, 2]}, "policy": {"ttl": 5000}}')
     assert bytes(r.input) == b'{"a": [1, 2]}' and r.policy.ttl == 5000
+
+
+# ---- the paths the Redis functions keep exactly (serverless/lua/) ----------------------------
+
+async def test_retried_job_is_taken_clean_with_its_old_chunks_gone(store: JobStore, endpoint: str) -> None:
+    from serverless import keys
+
+    rec = await store.submit(endpoint, req())
+    first = await store.take(endpoint, "w1")
+    await store.append_chunks(rec.id, first.attempt, [b"1"])
+    await store.finish(rec.id, first.attempt, Status.FAILED, error="boom")
+    await store.retry(rec.id)
+    assert not await store.redis.exists(keys.chunks(rec.id))
+    assert await store.redis.pttl(keys.job(rec.id)) == -1  # retention clock stopped
+    again = await store.take(endpoint, "w2")
+    assert again.attempt == 2
+    got = await store.get(rec.id)
+    assert (got.status, got.error, got.output, got.worker_id) == (Status.IN_PROGRESS, None, None, "w2")
+    assert got.tries == 1
+
+
+async def test_requeue_on_drain_does_not_count_a_try(store: JobStore, endpoint: str) -> None:
+    rec = await store.submit(endpoint, req())
+    t = await store.take(endpoint, "w1")
+    assert await store.progress(rec.id, t.attempt, b'"half"')
+    assert await store.requeue(rec.id, t.attempt)
+    got = await store.get(rec.id)
+    assert (got.status, got.output, got.worker_id, got.tries) == (Status.IN_QUEUE, None, None, 0)
+    assert (h := await store.health(endpoint)).jobs.inQueue == 1 and h.jobs.inProgress == 0
+    again = await store.take(endpoint, "w2")
+    assert (again.id, again.attempt) == (rec.id, 2)
+
+
+async def test_each_submit_rings_the_doorbell_up_to_its_cap_and_an_empty_take_clears_it(
+    store: JobStore, endpoint: str
+) -> None:
+    from serverless import keys
+
+    for _ in range(keys.BELL_CAP + 10):
+        await store.submit(endpoint, req())
+    assert await store.redis.llen(keys.bell(endpoint)) == keys.BELL_CAP
+    assert len(await store.take_many(endpoint, "w", keys.BELL_CAP + 10)) == keys.BELL_CAP + 10
+    assert await store.redis.llen(keys.bell(endpoint)) == keys.BELL_CAP  # queue drained exactly
+    assert await store.take_many(endpoint, "w", 1) == []
+    assert await store.redis.llen(keys.bell(endpoint)) == 0
+
+
+async def test_runpod_take_keeps_the_deadline_and_the_hand_off(store: JobStore, endpoint: str) -> None:
+    from serverless import keys
+
+    now = now_ms()
+    own = await store.submit(endpoint, req(policy=Policy(executionTimeout=5_000)))
+    other = await store.submit(endpoint, req())
+    taken = await store.take_for_runpod(endpoint, "rp1", 2, 60_000, now=now)
+    assert [t.id for t in taken] == [own.id, other.id] or [t.id for t in taken] == [other.id, own.id]
+    deadlines = dict(await store.redis.zrange(keys.deadlines(endpoint), 0, -1, withscores=True))
+    assert deadlines == {own.id.encode(): now + 5_000, other.id.encode(): now + 60_000}
+    assert await store.redis.smembers(keys.held(endpoint, "rp1")) == {own.id.encode(), other.id.encode()}
+    lease = await store.redis.zscore(keys.leases(endpoint), own.id)
+    assert lease == now + store.settings.runpod_lease_ms
+    got = await store.get(own.id)
+    assert got.started_at == now and got.worker_id == "rp1"
+    # the worker finishes one: it leaves every index; it is cancelled out of the other
+    await store.finish(own.id, 1, Status.COMPLETED, output=b"1")
+    assert await store.redis.smembers(keys.held(endpoint, "rp1")) == {other.id.encode()}
+    assert await store.redis.zscore(keys.deadlines(endpoint), own.id) is None
+    await store.cancel(other.id)
+    assert await store.pop_stops(endpoint, "rp1", 0.1) == [other.id]
+    assert await store.redis.zcard(keys.deadlines(endpoint)) == 0
+    assert await store.redis.zcard(keys.leases(endpoint)) == 0
+
+
+async def test_runpod_job_past_its_execution_timeout_is_reaped_timed_out(
+    store: JobStore, endpoint: str
+) -> None:
+    now = now_ms()
+    rec = await store.submit(endpoint, req(policy=Policy(executionTimeout=1_000)))
+    await store.take_for_runpod(endpoint, "rp1", 1, 60_000, now=now)
+    assert await store.ping_runpod_jobs(endpoint, "rp1", [rec.id], now=now + 500) == []
+    assert await store.reap(endpoint, now=now + 1_000) == (0, 0)
+    got = await store.get(rec.id)
+    assert got.status is Status.TIMED_OUT and "executionTimeout of 1000 ms" in got.error
+    assert await store.pop_stops(endpoint, "rp1", 0.1) == [rec.id]
+    # still running it: the next ping lists it again, and its stop is sent again
+    assert await store.ping_runpod_jobs(endpoint, "rp1", [rec.id], now=now + 1_500) == [rec.id]
+    assert await store.pop_stops(endpoint, "rp1", 0.1) == [rec.id]
+
+
+async def test_runpod_worker_holding_nothing_gives_its_jobs_back(store: JobStore, endpoint: str) -> None:
+    from serverless import keys
+
+    rec = await store.submit(endpoint, req())
+    await store.take_for_runpod(endpoint, "rp1", 1, 60_000)
+    assert await store.release_runpod_worker(endpoint, "rp1") == 1
+    got = await store.get(rec.id)
+    assert (got.status, got.tries, got.worker_id) == (Status.IN_QUEUE, 0, None)
+    assert await store.redis.zcard(keys.deadlines(endpoint)) == 0
+    assert not await store.redis.exists(keys.held(endpoint, "rp1"))
+    assert (await store.take(endpoint, "w")).attempt == 2
+
+
+async def test_take_many_past_a_thousand_slots(store: JobStore, endpoint: str) -> None:
+    """Lua's unpack() yields a few thousand values at most: leases are added in slices."""
+    from serverless import keys
+
+    records = [await store.submit(endpoint, req()) for _ in range(1_500)]
+    taken = await store.take_many(endpoint, "w", 2_000)
+    assert len(taken) == 1_500 and await store.redis.zcard(keys.leases(endpoint)) == 1_500
+    attempts = {t.id: t.attempt for t in taken}
+    assert await store.renew(endpoint, attempts) == []
+    assert {t.id for t in taken} == {r.id for r in records}

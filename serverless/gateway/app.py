@@ -162,7 +162,8 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     admin_key: str | None = None
     api_keys: tuple[str, ...] = ()
-    # None: the defaults, with per-key rates from PODQ_KEY_RATE_LIMITS (limits.limits_from_settings)
+    # None: from PODQ_RATE_LIMITS and PODQ_KEY_RATE_LIMITS (limits.limits_from_settings, off
+    # unless set); a Limits given replaces both
     limits: Limits | None = None
     webhooks: WebhookPolicy = msgspec.field(default_factory=WebhookPolicy)
     reap_interval_s: float = 1.0
@@ -226,8 +227,6 @@ def create_app(
     """
     options = options or GatewayOptions()
     limits = options.limits if options.limits is not None else limits_from_settings(settings)
-    if not settings.rate_limits:
-        limits = msgspec.structs.replace(limits, rates={}, key_rates={})
     admin = options.admin_key if options.admin_key is not None else admin_key_from_env()
     app = web.Application(
         middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
@@ -237,7 +236,7 @@ def create_app(
     app[state.SETTINGS] = settings
     app[state.KEYS] = KeyChecker(store.redis, admin, options.api_keys)
     app[state.LIMITS] = limits
-    app[state.LIMITER] = RateLimiter(limits.rates, limits.key_rates)
+    app[state.LIMITER] = RateLimiter(store.redis, limits)
     app[state.WEBHOOK_POLICY] = (
         msgspec.structs.replace(options.webhooks, allow_private=True)
         if settings.webhook_allow_private else options.webhooks

@@ -1,132 +1,130 @@
-"""Body size caps, and rate limits per endpoint and per API key (RunPod's numbers by default).
+"""Body size caps, and rate limits per endpoint and per API key (off unless configured).
 
 Caps: /run takes at most 10 MB, /runsync 20 MB (docs.runpod.io, "Operation reference");
 a bigger body gets 413 before it is read into memory.
 
-Rates: token buckets in this process's memory, one per (endpoint, route) and one per
-(API key, route). RunPod allows, per endpoint, 1000 /run and 2000 /runsync, /status and /stream
-requests per 10 s, 100 /cancel and 2 /purge-queue (same page, "Rate limits"). The same numbers
-bound each key by default, summed over every endpoint it calls, so one key cannot spend many
-endpoints' quotas; PODQ_KEY_RATE_LIMITS lowers them (`run=100/10,status=500/10`) or turns them
-off (`false`); PODQ_RATE_LIMITS=false turns both kinds off. A key is known by its sha256 digest
-(auth.py), never by the key itself. A refused request gets 429 JSON with Retry-After.
+Rates are off by default: podq runs on your own GPUs, and RunPod's cloud quotas would refuse a
+load test long before the workers are busy. Where they are on, they come from (serverless/rates.py
+has the grammar: `runpod`, `run=500/10,runsync=1000/10`, `off`):
 
-Why in memory and not in Redis: a shared bucket costs every request one more Redis round trip
-(a /run is one round trip today) and makes a Redis hiccup refuse requests that would otherwise
-go through; the limits exist to stop runaway clients, not to bill exactly. So with N gateway
-replicas behind a load balancer the effective limit is about N times the configured one:
-divide the configured rates by N when that matters.
+    an endpoint's own `rate_limits` (the registry)   a preset, a spec, or "off"
+    else the gateway's default (PODQ_RATE_LIMITS)    also for endpoints not in the registry
+    per API key (PODQ_KEY_RATE_LIMITS)               summed over every endpoint the key calls
+
+A key is known by its sha256 digest (auth.py), never by the key itself. A refused request gets
+429 JSON naming the route and the endpoint (or key digest) with Retry-After: the seconds until
+the bucket has room again.
+
+Shared across gateway replicas: each bucket is one Redis key, checked and charged by one small
+script (`_SPEND`, GCRA: a token bucket of `requests` tokens refilled at `requests / per_s`),
+so N replicas allow the configured rate, not N times it, and a limited request costs one round
+trip (an unlimited one none, past the config cache below). The script reads no clock: a bucket's key expires when its debt is paid back, so its
+PTTL *is* the debt (Redis's own clock; the value keeps the sub-millisecond part), and replicas'
+clocks never matter. All of a request's buckets are checked before any is charged, so a request
+refused by one bucket spends nothing from the others. Exact up to 1 ms of Redis's clock.
+
+An endpoint's setting is read from the registry at most once per `Limits.config_ttl_s` (5 s) per
+gateway process, for at most CONFIG_CACHE_SIZE endpoints: a change to `rate_limits` applies on
+every replica within 5 s. Routes no rate names (health, retry, worker and admin routes) never
+touch Redis here. A Redis error in the limiter lets the request through (fail open: the limits
+stop runaway clients, they must not turn a Redis hiccup into refusals) and is logged once until
+Redis answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
-import re
-import time
 from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from serverless import keys
 from serverless.errors import BadRequest, ConfigError, PayloadTooLarge
 from serverless.gateway import state
 from serverless.gateway.error_responses import error_response
+from serverless.rates import ROUTES, RUNPOD_RATES, Rate, parse_rates
+from serverless.registry import Registry
 from serverless.settings import Settings
 
+log = logging.getLogger("podq.gateway.limits")
 MB = 1024 * 1024
-# Buckets kept before full (idle) ones are dropped, so many endpoint ids cannot grow memory.
-MAX_BUCKETS = 10_000
+RATES_ENV = "PODQ_RATE_LIMITS"
 KEY_RATES_ENV = "PODQ_KEY_RATE_LIMITS"
+# how long a process keeps an endpoint's rates before it reads the registry again, and for how
+# many endpoints (the oldest entry goes first)
+CONFIG_TTL_S = 5.0
+CONFIG_CACHE_SIZE = 4_096
+# one Redis key per bucket; `podq:` like every key podq writes (keys.py), so the ACL of
+# docs/security.md covers it: kind (ep | key), subject (endpoint id | key digest), route
+BUCKET_KEY = "podq:rate:{}:{}:{}"
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
 
-
-class Rate(msgspec.Struct, frozen=True):
-    """`requests` per `per_s` seconds; the bucket holds `requests` tokens (the burst)."""
-
-    requests: int
-    per_s: float = 10.0
-
-
-DEFAULT_RATES: dict[str, Rate] = {
-    "run": Rate(1000),
-    "runsync": Rate(2000),
-    "status": Rate(2000),
-    "stream": Rate(2000),
-    "cancel": Rate(100),
-    "purge-queue": Rate(2),
-}
-# per key, over every endpoint the key calls: one endpoint's worth of RunPod's rates
-DEFAULT_KEY_RATES: dict[str, Rate] = dict(DEFAULT_RATES)
+# GCRA over Redis's own clock (module docstring). KEYS: the buckets; ARGV: interval_ms and
+# capacity of each, in turn. Returns {0, "0"} when every bucket had room (each is then charged one
+# interval), else {i, wait_ms} for the bucket i (1-based) with the longest wait.
+_SPEND = """
+local debts, worst, worst_i = {}, 0.001, 0
+for i, key in ipairs(KEYS) do
+  local interval, capacity = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local debt = 0
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then
+    local exact = tonumber(redis.call('GET', key)) or ttl
+    debt = math.max(0, ttl - (math.ceil(exact) - exact))
+  end
+  debts[i] = debt
+  local wait = debt - (capacity - 1) * interval
+  if wait > worst then worst, worst_i = wait, i end
+end
+if worst_i > 0 then return {worst_i, tostring(worst)} end
+for i, key in ipairs(KEYS) do
+  local debt = debts[i] + tonumber(ARGV[2 * i - 1])
+  redis.call('SET', key, tostring(debt), 'PX', math.ceil(debt))
+end
+return {0, '0'}
+"""
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Body caps in bytes; rates by route name per endpoint (`rates`) and per API key
-    (`key_rates`). A route not listed is not rate limited."""
+    """Body caps in bytes; the gateway's default rates for endpoints with no `rate_limits` of
+    their own (`rates`), rates per API key (`key_rates`), by route name; and how long an
+    endpoint's own setting is cached. A route not listed is not rate limited."""
 
     run_max_bytes: int = 10 * MB
     runsync_max_bytes: int = 20 * MB
-    rates: dict[str, Rate] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATES))
-    key_rates: dict[str, Rate] = msgspec.field(default_factory=lambda: dict(DEFAULT_KEY_RATES))
+    rates: dict[str, Rate] = {}
+    key_rates: dict[str, Rate] = {}
+    config_ttl_s: float = CONFIG_TTL_S
 
 
-_RATE = re.compile(r"^\s*([a-z-]+)\s*=\s*(\d+)\s*(?:/\s*(\d+(?:\.\d+)?)\s*s?)?\s*$")
+def setting_rates(value: str | bool, setting: str) -> dict[str, Rate]:
+    """The rates of a spec (serverless/rates.py), or ConfigError naming `setting`."""
+    try:
+        return parse_rates(value)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {e}") from None
 
 
 def parse_key_rates(text: str) -> dict[str, Rate]:
-    """PODQ_KEY_RATE_LIMITS: `false`/`off`/`0` (none), or `route=N[/S]` pairs, comma
-    separated, over the defaults (S seconds, default 10): `run=100/10,status=500`."""
-    if text.strip().lower() in ("false", "off", "0", "no", "none"):
-        return {}
-    rates = dict(DEFAULT_KEY_RATES)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = _RATE.match(part)
-        if match is None or match[1] not in DEFAULT_RATES or int(match[2]) < 1:
-            raise ConfigError(
-                f"{KEY_RATES_ENV}: {part!r} is not ROUTE=REQUESTS[/SECONDS] with ROUTE one of "
-                f"{', '.join(DEFAULT_RATES)} and REQUESTS >= 1 (e.g. run=100/10), or false"
-            )
-        per_s = float(match[3]) if match[3] else 10.0
-        if per_s <= 0:
-            raise ConfigError(f"{KEY_RATES_ENV}: {part!r} has a window of 0 s; use e.g. run=100/10")
-        rates[match[1]] = Rate(int(match[2]), per_s)
-    return rates
+    """PODQ_KEY_RATE_LIMITS: a spec; `false`, `off` or '' for none (the default)."""
+    return setting_rates(text, KEY_RATES_ENV)
 
 
 def limits_from_settings(settings: Settings) -> Limits:
-    """The default Limits, with per-key rates from PODQ_KEY_RATE_LIMITS when it is set."""
-    text = settings.key_rate_limits
-    return Limits(key_rates=parse_key_rates(text)) if text.strip() else Limits()
+    """Default caps, with rates from PODQ_RATE_LIMITS and PODQ_KEY_RATE_LIMITS (both off unset).
 
-
-class TokenBucket:
-    """A token bucket: `wait(now)` says how long until a token is there, `spend()` takes one."""
-
-    __slots__ = ("capacity", "per_token_s", "tokens", "updated")
-
-    def __init__(self, rate: Rate, now: float) -> None:
-        self.capacity = float(rate.requests)
-        self.per_token_s = rate.per_s / rate.requests
-        self.tokens = self.capacity
-        self.updated = now
-
-    def _refill(self, now: float) -> None:
-        elapsed = max(0.0, now - self.updated)
-        self.tokens = min(self.capacity, self.tokens + elapsed / self.per_token_s)
-        self.updated = now
-
-    def wait(self, now: float) -> float:
-        """0.0 when a token is there, else the seconds until the next one."""
-        self._refill(now)
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) * self.per_token_s
-
-    def spend(self) -> None:
-        self.tokens -= 1.0
-
-    def is_full(self, now: float) -> bool:
-        self._refill(now)
-        return self.tokens >= self.capacity
+    Raises:
+        ConfigError: a spec that does not parse, naming its variable.
+    """
+    return Limits(rates=setting_rates(settings.rate_limits, RATES_ENV),
+                  key_rates=parse_key_rates(settings.key_rate_limits))
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -137,48 +135,120 @@ class Refusal(msgspec.Struct, frozen=True):
     wait_s: float
 
 
+class Bucket(msgspec.Struct, frozen=True):
+    """One rate that applies to a request: whose (`kind`, `subject`) and on which route."""
+
+    kind: str  # "endpoint" | "key"
+    subject: str
+    route: str
+    rate: Rate
+
+    @property
+    def redis_key(self) -> str:
+        kind = "ep" if self.kind == "endpoint" else "key"
+        return BUCKET_KEY.format(kind, self.subject, self.route)
+
+    @property
+    def script_args(self) -> tuple[str, str]:
+        return repr(self.rate.per_s * 1000 / self.rate.requests), str(self.rate.requests)
+
+
+class EndpointRates:
+    """Each endpoint's rates: its registry `rate_limits` (None or "": the gateway's default),
+    read at most once per `ttl_s` and kept for at most `size` endpoints per process."""
+
+    def __init__(self, registry: Registry, default: dict[str, Rate], ttl_s: float,
+                 size: int = CONFIG_CACHE_SIZE) -> None:
+        self.registry, self.default, self.ttl_s, self.size = registry, default, ttl_s, size
+        self._cache: dict[str, tuple[float, dict[str, Rate]]] = {}
+        self._bad: set[str] = set()  # endpoints whose stored spec was logged as invalid
+
+    async def rates(self, endpoint: str, now: float) -> dict[str, Rate]:
+        """The rates that apply to `endpoint` (`now`: monotonic seconds, for the cache)."""
+        cached = self._cache.get(endpoint)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        config = await self.registry.get_endpoint(endpoint)
+        rates = self._resolve(endpoint, config.rate_limits if config else None)
+        self._cache.pop(endpoint, None)  # re-added last, so the oldest stays first
+        while len(self._cache) >= self.size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[endpoint] = (now + self.ttl_s, rates)
+        return rates
+
+    def _resolve(self, endpoint: str, spec: str | None) -> dict[str, Rate]:
+        if spec is None or not spec.strip():
+            return self.default
+        try:
+            return parse_rates(spec)
+        except ValueError as e:  # written around the registry's check: keep serving
+            if endpoint not in self._bad:
+                self._bad.add(endpoint)
+                log.warning("endpoint %s: stored rate_limits %r is invalid (%s); using the "
+                            "gateway's default until it is fixed", endpoint, spec, e)
+            return self.default
+
+
 class RateLimiter:
-    """Token buckets per (endpoint, route) and per (key digest, route), created on first use.
+    """The rate limits of every request, in buckets shared by all gateway replicas through
+    Redis (module docstring): `admit` checks and charges them in one round trip."""
 
-    A request is let through only when every bucket that applies has a token, and then takes
-    one from each, so a request refused by one bucket costs the other nothing.
-    """
+    def __init__(self, redis: Redis, limits: Limits) -> None:
+        self.key_rates = limits.key_rates
+        self.endpoints = EndpointRates(Registry(redis), limits.rates, limits.config_ttl_s)
+        self._spend = redis.register_script(_SPEND)
+        self._failing = False
 
-    def __init__(self, rates: dict[str, Rate], key_rates: dict[str, Rate] | None = None) -> None:
-        self._rates = {"endpoint": rates, "key": key_rates or {}}
-        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+    async def admit(
+        self, route: str, endpoint: str | None, key: str | None, now: float
+    ) -> Refusal | None:
+        """None when the request may go ahead (every bucket charged), else the longest wait.
 
-    def _bucket(self, kind: str, subject: str, route: str, now: float) -> TokenBucket | None:
-        rate = self._rates[kind].get(route)
-        if rate is None:
+        Args:
+            route: the route's name (`run`, `status`, ...); others are never limited.
+            endpoint: a valid endpoint id, or None (no endpoint bucket).
+            key: the request's key digest, or None (no key bucket).
+            now: monotonic seconds (the endpoint config cache's clock).
+
+        Returns:
+            None to serve the request (also when Redis fails: fail open), else the Refusal.
+        """
+        if route not in ROUTES:
             return None
-        bucket = self._buckets.get((kind, subject, route))
-        if bucket is None:
-            self._prune(now)
-            bucket = self._buckets[(kind, subject, route)] = TokenBucket(rate, now)
-        return bucket
+        try:
+            buckets = await self._buckets(route, endpoint, key, now)
+            refusal = await self._charge(buckets) if buckets else None
+        except REDIS_ERRORS as e:
+            self._fail_open(e)
+            return None
+        if self._failing:
+            self._failing = False
+            log.info("rate limits apply again: Redis answers the limiter")
+        return refusal
 
-    def admit(self, route: str, endpoint: str | None, key: str | None, now: float) -> Refusal | None:
-        """None when the request may go ahead (its tokens are spent), else the longest wait."""
-        found = [
-            (kind, subject, bucket)
-            for kind, subject in (("endpoint", endpoint), ("key", key))
-            if subject is not None
-            and (bucket := self._bucket(kind, subject, route, now)) is not None
-        ]
-        waits = [Refusal(kind, subject, b.wait(now)) for kind, subject, b in found]
-        worst = max(waits, key=lambda r: r.wait_s, default=None)
-        if worst is not None and worst.wait_s > 0:
-            return worst
-        for _, _, bucket in found:
-            bucket.spend()
-        return None
+    async def _buckets(
+        self, route: str, endpoint: str | None, key: str | None, now: float
+    ) -> list[Bucket]:
+        found = []
+        if endpoint is not None and (rate := (await self.endpoints.rates(endpoint, now)).get(route)):
+            found.append(Bucket("endpoint", endpoint, route, rate))
+        if key is not None and (rate := self.key_rates.get(route)):
+            found.append(Bucket("key", key, route, rate))
+        return found
 
-    def _prune(self, now: float) -> None:
-        if len(self._buckets) >= MAX_BUCKETS:
-            idle = [k for k, b in self._buckets.items() if b.is_full(now)]
-            for k in idle:
-                del self._buckets[k]
+    async def _charge(self, buckets: list[Bucket]) -> Refusal | None:
+        args = [arg for bucket in buckets for arg in bucket.script_args]
+        index, wait_ms = await self._spend(keys=[b.redis_key for b in buckets], args=args)
+        if int(index) == 0:
+            return None
+        bucket = buckets[int(index) - 1]
+        return Refusal(bucket.kind, bucket.subject, float(wait_ms) / 1000)
+
+    def _fail_open(self, e: BaseException) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("rate limits not applied: Redis error in the limiter (%s: %s); requests "
+                        "go through unlimited until Redis answers again", type(e).__name__, e)
 
 
 def rate_limited(route: str, endpoint: str, wait_s: float) -> web.Response:
@@ -202,13 +272,14 @@ def key_rate_limited(route: str, digest: str, wait_s: float) -> web.Response:
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse (429) a request whose endpoint or key used up its tokens for this route."""
+    """Refuse (429) a request whose endpoint or key has no room left for this route."""
     route = request.match_info.route.name or ""
     endpoint: str | None = request.match_info.get("endpoint_id", "")
     if not keys.valid_id(endpoint):  # an invalid id gets its 404 from the handler, and no bucket
         endpoint = None
     digest = request.get(state.KEY_DIGEST)  # set by the auth middleware
-    refusal = request.app[state.LIMITER].admit(route, endpoint, digest, time.monotonic())
+    limiter = request.app[state.LIMITER]
+    refusal = await limiter.admit(route, endpoint, digest, asyncio.get_running_loop().time())
     if refusal is not None:
         if refusal.kind == "key":
             return key_rate_limited(route, refusal.subject, refusal.wait_s)

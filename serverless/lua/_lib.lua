@@ -1,70 +1,122 @@
--- Shared by every script (prepended by serverless/scripts.py after the generated key header).
+-- Shared by every operation: serverless/functions.py puts this after the generated key header
+-- (keys.lua_header()) and before the operations, in one Redis function library, so it is
+-- compiled once when the library loads, not on every call.
 -- A status owns an index: IN_QUEUE <-> the endpoint's queue zset, IN_PROGRESS <-> its leases
 -- zset; terminal statuses count in stats, start the retention clock, ring the done channel and
 -- queue the job's webhook (a durable list any gateway replica pops, so none is lost or doubled).
 -- Which moves are legal is decided in serverless/lifecycle.py and passed in by the caller.
+-- Every redis.call costs Redis about as much as the command itself (arguments and reply cross
+-- into Lua), so fields are read with one HMGET and written with one HSET where possible.
+
+local function register(name, fn)
+  redis.register_function(PREFIX .. name, fn)
+end
 
 local function is_in(list, status)
-  return string.find(' ' .. list .. ' ', ' ' .. status .. ' ', 1, true) ~= nil
+  return list == status or string.find(' ' .. list .. ' ', ' ' .. status .. ' ', 1, true) ~= nil
+end
+
+-- redis.call(cmd, key, [flag,] items...) in slices: unpack() yields at most a few thousand
+-- values (Lua's C stack). `items` of pairs (ZADD) stay whole: SLICE is even.
+local SLICE = 1000
+local function bulk(cmd, key, flag, items)
+  for i = 1, #items, SLICE do
+    local last = math.min(i + SLICE - 1, #items)
+    if flag then
+      redis.call(cmd, key, flag, unpack(items, i, last))
+    else
+      redis.call(cmd, key, unpack(items, i, last))
+    end
+  end
 end
 
 local function is_terminal(status)
   return status ~= 'IN_QUEUE' and status ~= 'IN_PROGRESS'
 end
 
-local function leave(ep, id, status)
+-- The fields a move needs, read with one HMGET; job_read's reply is indexed by these names
+-- (HMGET's own reply table: copying it into a keyed table would cost more Lua work per call).
+local STATUS, ATTEMPT, ENDPOINT, RETENTION, WEBHOOK, REMOTE, WORKER = 1, 2, 3, 4, 5, 6, 7
+
+local function job_read(jobkey)
+  return redis.call('HMGET', jobkey, 'status', 'attempt', 'endpoint', 'retention_ms', 'webhook',
+                    'remote', 'worker_id')
+end
+
+-- remote: the job's `remote` field as HMGET read it ('1' for a RunPod-protocol worker's job,
+-- the only kind with a deadlines entry; false when absent)
+local function leave(ep, id, status, remote)
   if status == 'IN_QUEUE' then
     redis.call('ZREM', K_queue(ep), id)
   elseif status == 'IN_PROGRESS' then
     redis.call('ZREM', K_leases(ep), id)
-    redis.call('ZREM', K_deadlines(ep), id)
+    if remote then redis.call('ZREM', K_deadlines(ep), id) end
   end
 end
 
 local function ring(ep)
-  redis.call('LPUSH', K_bell(ep), 1)
-  redis.call('LTRIM', K_bell(ep), 0, BELL_CAP - 1)
+  -- LPUSH answers the new length: trim only when the bell grew past its cap
+  if redis.call('LPUSH', K_bell(ep), '1') > BELL_CAP then
+    redis.call('LTRIM', K_bell(ep), 0, BELL_CAP - 1)
+  end
 end
 
+-- The stats counter of each terminal status.
+local COUNTER = {COMPLETED = 'completed', FAILED = 'failed', CANCELLED = 'cancelled',
+                 TIMED_OUT = 'timed_out'}
+
+-- A job reached a terminal status (already written): count it, start its retention clock and
+-- announce it. job: job_read()'s reply, read before the move.
 -- publish: false when the caller announces a bulk change itself (purge)
-local function enter(ep, id, jobkey, from, status, now, publish)
-  if status == 'IN_QUEUE' then
-    local score = redis.call('HGET', jobkey, 'score')
-    redis.call('ZADD', K_queue(ep), score, id)
-    redis.call('PERSIST', jobkey)
-    if is_terminal(from) then redis.call('DEL', K_chunks(id)) end
-    ring(ep)
-  elseif is_terminal(status) then
-    redis.call('HSET', jobkey, 'finished_at', now)
-    redis.call('HINCRBY', K_stats(ep), string.lower(status), 1)
-    local keep = redis.call('HGET', jobkey, 'retention_ms')
-    redis.call('PEXPIRE', jobkey, keep)
-    redis.call('PEXPIRE', K_chunks(id), keep)
-    if publish then redis.call('PUBLISH', K_done(ep), id) end
-    if redis.call('HEXISTS', jobkey, 'webhook') == 1 then redis.call('RPUSH', WEBHOOKS, id) end
-    if from == 'IN_PROGRESS' and status == 'CANCELLED' then
-      redis.call('PUBLISH', K_cancel(ep), id)
-    end
-    if from == 'IN_PROGRESS' then
-      local w = redis.call('HMGET', jobkey, 'remote', 'worker_id')
-      if w[1] == '1' and w[2] then  -- run by a RunPod-protocol worker
-        redis.call('SREM', K_held(ep) .. ':' .. w[2], id)
-        if status == 'CANCELLED' or status == 'TIMED_OUT' then
-          -- it learns it on its job-stop long-poll (each id once)
-          local stops = K_stops(ep) .. ':' .. w[2]
-          redis.call('RPUSH', stops, id)
-          redis.call('PEXPIRE', stops, 600000)
-        end
-      end
+local function ended(ep, id, jobkey, job, status, publish)
+  redis.call('HINCRBY', K_stats(ep), COUNTER[status], '1')
+  redis.call('PEXPIRE', jobkey, job[RETENTION])
+  redis.call('PEXPIRE', K_chunks(id), job[RETENTION])
+  if publish then redis.call('PUBLISH', K_done(ep), id) end
+  if job[WEBHOOK] then redis.call('RPUSH', WEBHOOKS, id) end
+  if job[STATUS] ~= 'IN_PROGRESS' then return end
+  if status == 'CANCELLED' then redis.call('PUBLISH', K_cancel(ep), id) end
+  local worker = job[WORKER]
+  if job[REMOTE] == '1' and worker then  -- run by a RunPod-protocol worker
+    redis.call('SREM', K_held(ep) .. ':' .. worker, id)
+    if status == 'CANCELLED' or status == 'TIMED_OUT' then
+      -- it learns it on its job-stop long-poll (each id once)
+      local stops = K_stops(ep) .. ':' .. worker
+      redis.call('RPUSH', stops, id)
+      redis.call('PEXPIRE', stops, '600000')
     end
   end
 end
 
-local function move(ep, id, jobkey, from, to, now, publish)
-  if from == to then return end
-  leave(ep, id, from)
-  redis.call('HSET', jobkey, 'status', to)
-  enter(ep, id, jobkey, from, to, now, publish)
+-- The job entered the queue (status already written).
+local function queued(ep, id, jobkey, from)
+  local score = redis.call('HGET', jobkey, 'score')
+  redis.call('ZADD', K_queue(ep), score, id)
+  redis.call('PERSIST', jobkey)
+  if is_terminal(from) then redis.call('DEL', K_chunks(id)) end
+  ring(ep)
+end
+
+local NO_FIELDS = {}
+
+-- Move a job from job[STATUS] to `to`. sets[first..last]: more field/value pairs for the same
+-- HSET as the status (and finished_at, for a terminal status); sets may be nil.
+local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
+  local from = job[STATUS]
+  if not sets then sets, first, last = NO_FIELDS, 1, 0 end
+  first, last = first or 1, last or #sets
+  if from == to then
+    if last >= first then redis.call('HSET', jobkey, unpack(sets, first, last)) end
+    return
+  end
+  leave(ep, id, from, job[REMOTE])
+  if is_terminal(to) then
+    redis.call('HSET', jobkey, 'status', to, 'finished_at', now, unpack(sets, first, last))
+    ended(ep, id, jobkey, job, to, publish)
+  else
+    redis.call('HSET', jobkey, 'status', to, unpack(sets, first, last))
+    if to == 'IN_QUEUE' then queued(ep, id, jobkey, from) end
+  end
 end
 
 -- Fields only a running attempt has; cleared when the job goes back to the queue.
@@ -72,14 +124,25 @@ local function clear_attempt(jobkey)
   redis.call('HDEL', jobkey, 'output', 'started_at', 'worker_id', 'remote', 'deadline')
 end
 
--- HSET pairs; a field written '+name' is incremented by the value instead.
-local function apply_fields(jobkey, args, first, count)
-  for i = first, first + 2 * count - 1, 2 do
+-- The `count` field/value pairs from args[first] as move() takes them (list, first, last):
+-- args itself when all are plain; else a field written '+name' is incremented by its value
+-- at once (HINCRBY) and the plain pairs are copied out.
+local function split_fields(jobkey, args, first, count)
+  local last = first + 2 * count - 1
+  local plain = true
+  for i = first, last, 2 do
+    if string.byte(args[i], 1) == 43 then plain = false end  -- 43: '+'
+  end
+  if plain then return args, first, last end
+  local sets = {}
+  for i = first, last, 2 do
     local field = args[i]
-    if string.sub(field, 1, 1) == '+' then
+    if string.byte(field, 1) == 43 then
       redis.call('HINCRBY', jobkey, string.sub(field, 2), args[i + 1])
     else
-      redis.call('HSET', jobkey, field, args[i + 1])
+      sets[#sets + 1] = field
+      sets[#sets + 1] = args[i + 1]
     end
   end
+  return sets, 1, #sets
 end

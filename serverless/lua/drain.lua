@@ -3,8 +3,10 @@
 -- KEYS[1] job hash, KEYS[2] chunk stream
 -- ARGV: max count
 -- Returns {status, {entries}} | {'missing'}
-local f = redis.call('HMGET', KEYS[1], 'status', 'cursor')
-if not f[1] then return {'missing'} end
-local entries = redis.call('XRANGE', KEYS[2], '(' .. (f[2] or '0-0'), '+', 'COUNT', ARGV[1])
-if #entries > 0 then redis.call('HSET', KEYS[1], 'cursor', entries[#entries][1]) end
-return {f[1], entries}
+register('drain', function(KEYS, ARGV)
+  local f = redis.call('HMGET', KEYS[1], 'status', 'cursor')
+  if not f[1] then return {'missing'} end
+  local entries = redis.call('XRANGE', KEYS[2], '(' .. (f[2] or '0-0'), '+', 'COUNT', ARGV[1])
+  if #entries > 0 then redis.call('HSET', KEYS[1], 'cursor', entries[#entries][1]) end
+  return {f[1], entries}
+end)

@@ -6,37 +6,40 @@
 -- ARGV: endpoint, now, max attempts, error format (%d = tries), limit,
 --       timeout error format (%d = executionTimeout ms)
 -- Returns {requeued, failed, timed_out}
-local ep, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-local requeued, failed = 0, 0
-for _, id in ipairs(ids) do
-  local jobkey = K_job(id)
-  local f = redis.call('HMGET', jobkey, 'status', 'tries')
-  if f[1] ~= 'IN_PROGRESS' then
-    redis.call('ZREM', KEYS[1], id)
-  elseif tonumber(f[2] or '0') < max_attempts then
-    clear_attempt(jobkey)
-    move(ep, id, jobkey, 'IN_PROGRESS', 'IN_QUEUE', now, true)
-    redis.call('HINCRBY', K_stats(ep), 'retried', 1)
-    requeued = requeued + 1
-  else
-    redis.call('HSET', jobkey, 'error', string.format(ARGV[4], tonumber(f[2])))
-    move(ep, id, jobkey, 'IN_PROGRESS', 'FAILED', now, true)
-    failed = failed + 1
+register('reap', function(KEYS, ARGV)
+  local ep, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  local requeued, failed = 0, 0
+  for _, id in ipairs(ids) do
+    local jobkey = K_job(id)
+    local f = redis.call('HMGET', jobkey, 'status', 'tries')
+    if f[1] ~= 'IN_PROGRESS' then
+      redis.call('ZREM', KEYS[1], id)
+    elseif tonumber(f[2] or '0') < max_attempts then
+      local job = job_read(jobkey)
+      clear_attempt(jobkey)
+      move(ep, id, jobkey, job, 'IN_QUEUE', now, true)
+      redis.call('HINCRBY', K_stats(ep), 'retried', '1')
+      requeued = requeued + 1
+    else
+      move(ep, id, jobkey, job_read(jobkey), 'FAILED', now, true,
+           {'error', string.format(ARGV[4], tonumber(f[2]))})
+      failed = failed + 1
+    end
   end
-end
-local timed_out = 0
-ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-for _, id in ipairs(ids) do
-  local jobkey = K_job(id)
-  local f = redis.call('HMGET', jobkey, 'status', 'deadline', 'started_at')
-  if f[1] == 'IN_PROGRESS' and f[2] and tonumber(f[2]) <= tonumber(now) then
-    local limit = tonumber(f[2]) - tonumber(f[3] or f[2])
-    redis.call('HSET', jobkey, 'error', string.format(ARGV[6], limit))
-    move(ep, id, jobkey, 'IN_PROGRESS', 'TIMED_OUT', now, true)
-    timed_out = timed_out + 1
-  else
-    redis.call('ZREM', KEYS[2], id)
+  local timed_out = 0
+  ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  for _, id in ipairs(ids) do
+    local jobkey = K_job(id)
+    local f = redis.call('HMGET', jobkey, 'status', 'deadline', 'started_at')
+    if f[1] == 'IN_PROGRESS' and f[2] and tonumber(f[2]) <= tonumber(now) then
+      local limit = tonumber(f[2]) - tonumber(f[3] or f[2])
+      move(ep, id, jobkey, job_read(jobkey), 'TIMED_OUT', now, true,
+           {'error', string.format(ARGV[6], limit)})
+      timed_out = timed_out + 1
+    else
+      redis.call('ZREM', KEYS[2], id)
+    end
   end
-end
-return {requeued, failed, timed_out}
+  return {requeued, failed, timed_out}
+end)

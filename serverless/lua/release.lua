@@ -4,17 +4,19 @@
 -- KEYS[1] the worker's held set
 -- ARGV: endpoint, worker id, now
 -- Returns the number of jobs requeued.
-local ep, worker, now = ARGV[1], ARGV[2], ARGV[3]
-local requeued = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local jobkey = K_job(id)
-  local f = redis.call('HMGET', jobkey, 'status', 'worker_id')
-  if f[1] == 'IN_PROGRESS' and f[2] == worker then
-    clear_attempt(jobkey)
-    redis.call('HINCRBY', jobkey, 'tries', -1)
-    move(ep, id, jobkey, 'IN_PROGRESS', 'IN_QUEUE', now, true)
-    requeued = requeued + 1
+register('release', function(KEYS, ARGV)
+  local ep, worker, now = ARGV[1], ARGV[2], ARGV[3]
+  local requeued = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local jobkey = K_job(id)
+    local job = job_read(jobkey)
+    if job[STATUS] == 'IN_PROGRESS' and job[WORKER] == worker then
+      clear_attempt(jobkey)
+      redis.call('HINCRBY', jobkey, 'tries', '-1')
+      move(ep, id, jobkey, job, 'IN_QUEUE', now, true)
+      requeued = requeued + 1
+    end
   end
-end
-redis.call('DEL', KEYS[1])
-return requeued
+  redis.call('DEL', KEYS[1])
+  return requeued
+end)

@@ -1,10 +1,14 @@
+-- A new job: its record, its queue entry, the doorbell.
 -- KEYS[1] job hash
--- ARGV: endpoint, id, score, then field/value pairs of the new record
+-- ARGV: endpoint, id, score, fresh ('1': the id was just generated, a uuid4 no job can have,
+--       so it is not looked up), then field/value pairs of the new record
 -- Returns 1, or 0 when a job with this id already exists (its record is left alone).
-local ep, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-apply_fields(KEYS[1], ARGV, 4, (#ARGV - 3) / 2)
-redis.call('ZADD', K_queue(ep), ARGV[3], id)
-redis.call('SADD', ENDPOINTS, ep)
-ring(ep)
-return 1
+register('submit', function(KEYS, ARGV)
+  local ep, id = ARGV[1], ARGV[2]
+  if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  redis.call('ZADD', K_queue(ep), ARGV[3], id)
+  redis.call('SADD', ENDPOINTS, ep)
+  ring(ep)
+  return 1
+end)

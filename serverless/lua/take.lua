@@ -1,49 +1,78 @@
 -- A worker takes up to `count` of the oldest queued jobs of an endpoint (one per free slot):
 -- queue -> leases, attempt + 1. Jobs whose ttl passed while queued end TIMED_OUT on the way
--- (up to 64 per call, besides the jobs taken).
+-- (up to about 64 per call, besides the jobs taken).
 -- KEYS[1] queue zset, KEYS[2] leases zset; for a RunPod-protocol worker also KEYS[3] the
 -- endpoint's deadlines zset and KEYS[4] the worker's held set
--- ARGV: endpoint, now, lease ms, worker id, ttl error format (%d = ttl ms), count, and for a
---       RunPod-protocol worker the endpoint's executionTimeout ms (podq enforces it: the SDK
---       never does), used when the job has none of its own
+-- ARGV: endpoint, now, lease deadline (now + lease ms), worker id, ttl error format (%d = ttl
+--       ms), count, and for a RunPod-protocol worker the endpoint's executionTimeout ms (podq
+--       enforces it: the SDK never does), used when the job has none of its own
+-- Times and counts go to Redis as strings: Redis formats a Lua number with printf("%.17g").
 -- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first.
-local ep, now, lease, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local count = tonumber(ARGV[6])
-local remote = KEYS[3] ~= nil
-local taken, skipped = {}, 0
-while #taken < count and skipped < 64 do
-  local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then
-    -- the queue is empty: rings left on the doorbell would only wake workers to find nothing
-    -- (each submit rings again)
-    redis.call('DEL', K_bell(ep))
-    break
-  end
-  local id = popped[1]
-  local jobkey = K_job(id)
-  local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms')
-  if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
-    local attempt = redis.call('HINCRBY', jobkey, 'attempt', 1)
-    redis.call('HINCRBY', jobkey, 'tries', 1)
-    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', now, 'worker_id', worker)
-    redis.call('HDEL', jobkey, 'output', 'error')
-    redis.call('ZADD', KEYS[2], now + lease, id)
-    local p = redis.call('HMGET', jobkey, 'input', 'execution_timeout_ms', 'webhook', 's3_config')
-    if remote then
-      local deadline = now + tonumber(p[2] or ARGV[7])
-      redis.call('HSET', jobkey, 'remote', 1, 'deadline', deadline)
-      redis.call('ZADD', KEYS[3], deadline, id)
-      redis.call('SADD', KEYS[4], id)
-      redis.call('PEXPIRE', KEYS[4], 86400000)
-    end
-    taken[#taken + 1] = {id, attempt, p[1], p[2] or '', p[3] or '', p[4] or ''}
+
+-- Lease one popped job to the worker. f: its fields, as take reads them (below).
+local function lease(id, jobkey, f, ARGV, remote, leases)
+  local now, worker = ARGV[2], ARGV[4]
+  local attempt = string.format('%d', tonumber(f[4] or '0') + 1)
+  local tries = string.format('%d', tonumber(f[5] or '0') + 1)
+  if remote then
+    local deadline = string.format('%d', tonumber(now) + tonumber(f[7] or ARGV[7]))
+    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', now, 'worker_id', worker,
+               'attempt', attempt, 'tries', tries, 'remote', '1', 'deadline', deadline)
+    remote.deadlines[#remote.deadlines + 1] = deadline
+    remote.deadlines[#remote.deadlines + 1] = id
+    remote.ids[#remote.ids + 1] = id
   else
-    if f[1] == 'IN_QUEUE' then  -- its ttl ran out while it waited
-      redis.call('HSET', jobkey, 'error', string.format(ARGV[5], tonumber(f[3])))
-      move(ep, id, jobkey, 'IN_QUEUE', 'TIMED_OUT', now, true)
-    end
-    -- anything else is a stale entry (record expired or moved): dropped
-    skipped = skipped + 1
+    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', now, 'worker_id', worker,
+               'attempt', attempt, 'tries', tries)
   end
+  -- a queued job has neither (retry and requeue clear them): a guard that costs no call
+  if f[10] or f[11] then redis.call('HDEL', jobkey, 'output', 'error') end
+  leases[#leases + 1] = ARGV[3]
+  leases[#leases + 1] = id
+  return {id, attempt, f[6], f[7] or '', f[8] or '', f[9] or ''}
 end
-return taken
+
+-- its ttl ran out while it waited, or it is a stale entry (record expired or moved): dropped
+local function skip(ep, id, jobkey, f, ARGV)
+  if f[1] ~= 'IN_QUEUE' then return end
+  move(ep, id, jobkey, job_read(jobkey), 'TIMED_OUT', ARGV[2], true,
+       {'error', string.format(ARGV[5], tonumber(f[3]))})
+end
+
+register('take', function(KEYS, ARGV)
+  local ep, now = ARGV[1], tonumber(ARGV[2])
+  local count = tonumber(ARGV[6])
+  -- for a RunPod-protocol worker: deadline/id pairs for the deadlines zset, ids for its held set
+  local remote = KEYS[3] ~= nil and {deadlines = {}, ids = {}} or nil
+  local taken, skipped, leases = {}, 0, {}
+  while #taken < count and skipped < 64 do
+    local want = count - #taken
+    local popped = redis.call('ZPOPMIN', KEYS[1], want)
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local jobkey = K_job(id)
+      local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms', 'attempt', 'tries',
+                           'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
+                           'error')
+      if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
+        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases)
+      else
+        skip(ep, id, jobkey, f, ARGV)
+        skipped = skipped + 1
+      end
+    end
+    if #popped < 2 * want then
+      -- the queue is empty: rings left on the doorbell would only wake workers to find nothing
+      -- (each submit rings again)
+      redis.call('DEL', K_bell(ep))
+      break
+    end
+  end
+  bulk('ZADD', KEYS[2], nil, leases)
+  if remote and #remote.ids > 0 then
+    bulk('ZADD', KEYS[3], nil, remote.deadlines)
+    bulk('SADD', KEYS[4], nil, remote.ids)
+    redis.call('PEXPIRE', KEYS[4], '86400000')
+  end
+  return taken
+end)

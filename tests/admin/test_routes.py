@@ -140,8 +140,8 @@ async def test_create_endpoint_answers_every_field_with_runpods_defaults(gateway
         "id": "x", "name": "echo", "template_id": "t", "gpu_ids": "ANY", "gpu_count": 1,
         "workers_min": 0, "workers_max": 3, "idle_timeout": 5, "scaler_type": "QUEUE_DELAY",
         "scaler_value": 4.0, "execution_timeout_ms": 600000, "flashboot": False, "labels": {},
-        "backend": "process", "paused": False, "version": 1, "status": "pending",
-        "status_reason": "", "created_at": 0, "updated_at": 0,
+        "backend": "process", "paused": False, "rate_limits": None, "version": 1,
+        "status": "pending", "status_reason": "", "created_at": 0, "updated_at": 0,
     }
 
 
