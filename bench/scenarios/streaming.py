@@ -9,6 +9,9 @@ same generator (bench/handlers/runpod_stream.py).
 (b) chunks/s of ONE job yielding small chunks (ints) as fast as it can: at the SSE client, from
     the first chunk to the last, and from submit to the last; also through RunPod's polling
     contract (POST /stream/{id} in a tight loop until an empty stream with a terminal status).
+(c) fan-out: 100 / 1,000 / 10,000 SSE streams open on one gateway (100 / 1,000 with --quick),
+    one chunk written to every stream's job at once, publish -> client p50/p99/max; the
+    gateway's RSS per 1,000 open streams (bench/sse_fanout.py: clients in their own process).
 
 This module also holds the podq process helpers the scale and footprint scenarios use.
 """
@@ -23,6 +26,7 @@ import time
 
 import aiohttp
 
+from bench import sse_fanout
 from bench.common import percentile, spawn, start_redis, stop, wait_http
 from bench.report import Chart, Row, Section
 from serverless.redis_server import free_port
@@ -222,9 +226,8 @@ async def run(opts) -> Section:
         "/stream/{id} runs the whole generator inside the request and answers once with every "
         "chunk, so a chunk's latency there is the time until the job ends, and a first -> last "
         "chunk rate does not exist (all chunks arrive in one response). It has no SSE route.")
-    notes.append("Job end -> final status event: the gateway's SSE pump (serverless/gateway/sse.py) "
-                 "learns that a job ended only when its blocking XREAD on the chunk stream times "
-                 "out (sse_block_ms, 500 ms): finishing a job adds no chunk and wakes no stream.")
+    notes.append("Job end -> final status event: the finishing script publishes the job id on its "
+                 "endpoint's done channel, and the gateway's SSE stream re-reads the status then.")
     notes.append("podq's polling figures come from a client calling POST /stream/{id} in a tight "
                  "loop (RunPod's own client polls once a second).")
     lat = podq["lat"]
@@ -260,5 +263,45 @@ async def run(opts) -> Section:
         f"at the client (submit -> last leaves out the {WAIT:.1f} s the handler sleeps before its "
         f"first chunk, so the client is connected first). Peer: RunPod's dev server (`--rp_serve_api`, one process) on the same "
         f"generator (bench/handlers/runpod_stream.py), POST /run then POST /stream/{{id}}.")
-    return Section(title="Streaming", description=description, rows=rows, charts=[chart],
-                   notes=notes)
+    fan_rows, fan_chart, fan_notes = await fanout_figures(opts)
+    return Section(title="Streaming", description=description, rows=rows + fan_rows,
+                   charts=[chart, fan_chart], notes=notes + fan_notes)
+
+
+async def fanout_figures(opts) -> tuple[list[Row], Chart, list[str]]:
+    """(c): one chunk to every one of M open SSE streams, M = 100, 1,000 (and 10,000)."""
+    sizes, rounds = ((100, 1_000), 3) if opts.quick else ((100, 1_000, 10_000), 5)
+    rows, series, notes = [], {}, []
+    for m in sizes:
+        try:
+            fan = await sse_fanout.measure(m, rounds)
+        except Exception as e:  # 10,000 may not open on a small box; the other sizes still count
+            notes.append(f"{m:,} open SSE streams failed in this run: {e!r}")
+            continue
+        series[f"{m:,} streams"] = fan["lat"]
+        rows += [
+            Row(f"{m:,} open SSE streams: one chunk to every client, publish -> client p50 (ms)",
+                fan["p50"]),
+            Row(f"{m:,} open SSE streams: publish -> client p99 (ms)", fan["p99"],
+                **({"target": "<= 50 ms", "met": fan["p99"] <= 50} if m == 1_000 else {})),
+            Row(f"{m:,} open SSE streams: publish -> last client (ms)", fan["max"]),
+            Row(f"{m:,} open SSE streams: gateway RSS per 1,000 open streams (MB)",
+                fan["mb_per_1000"]),
+        ]
+        notes.append(
+            f"{m:,} open SSE streams: gateway RSS {fan['rss_before']:.1f} MB before they opened, "
+            f"{fan['rss_open']:.1f} MB with them open; gateway CPU {fan['idle_cpu']:.0f}% of a "
+            f"core while they idle; {fan['redis_clients']:,} Redis connections in use; CPU per "
+            f"round: gateway {fan['gateway_cpu_ms']:.0f} ms, client process "
+            f"{fan['client_cpu_ms']:.0f} ms.")
+    chart = Chart(name="streaming_fanout_latency", kind="cdf", series=series,
+                  title="One chunk to every open SSE stream: publish -> client",
+                  xlabel="ms (log scale)")
+    notes.append(
+        f"Fan-out: M jobs queued on an endpoint with no worker, one SSE client per job on one "
+        f"`podq gateway`, the clients in one separate process (one aiohttp session, fd limit "
+        f"raised); {rounds} rounds, each writing one chunk to every job's chunk stream in one "
+        f"burst (M XADDs sent in one write), the next round once every client had the chunk; "
+        f"the time is from the burst's send to each client's read (bench/sse_fanout.py). The "
+        f"clients and the gateway share the machine's cores.")
+    return rows, chart, notes

@@ -22,6 +22,7 @@ from serverless.gateway import admin_routes as admin
 from serverless.gateway import key_routes, routes, state
 from serverless.gateway import worker_routes as wr
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
+from serverless.gateway.chunk_fanout import ChunkFanout, fanout_lifecycle
 from serverless.gateway.error_responses import error_middleware
 from serverless.gateway.known_endpoints import KnownEndpoints
 from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings, rate_limit_middleware
@@ -250,5 +251,6 @@ def create_app(
     app[state.ADMIN_ROUTES] = frozenset(r.name for r in ALL_ROUTES if r.admin)
     app[state.OPENAPI] = json_encode(api_spec())
     _add_routes(app, ALL_ROUTES)
-    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks])
+    app[state.CHUNK_FANOUT] = ChunkFanout(store.redis)  # SSE: one shared chunk reader
+    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle])
     return app

@@ -13,6 +13,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from serverless.gateway.auth import KeyChecker
+    from serverless.gateway.chunk_fanout import ChunkFanout
     from serverless.gateway.known_endpoints import KnownEndpoints
     from serverless.gateway.limits import Limits, RateLimiter
     from serverless.gateway.webhooks import WebhookPolicy
@@ -33,6 +34,8 @@ KNOWN: web.AppKey[KnownEndpoints] = web.AppKey("podq_known_endpoints")
 # names of the routes that need the admin key (the route table's `admin` rows)
 ADMIN_ROUTES: web.AppKey[frozenset[str]] = web.AppKey("podq_admin_routes")
 SSE_BLOCK_MS: web.AppKey[int] = web.AppKey("podq_sse_block_ms")
+# the shared reader of every open SSE stream's chunks (chunk_fanout.py)
+CHUNK_FANOUT: web.AppKey[ChunkFanout] = web.AppKey("podq_chunk_fanout")
 # set when the gateway shuts down: held worker long-polls end within a second
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("podq_closing")
 # seconds a refused request to a worker route waits before its answer (auth.py)

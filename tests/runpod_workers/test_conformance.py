@@ -301,8 +301,13 @@ async def test_sigkill_of_the_worker_group_mid_job_another_worker_finishes_it(
 async def test_sigterm_drains_the_job_in_flight(version, rp_gateway, client, start_worker, endpoint) -> None:
     worker = start_worker(version, endpoint, kind="async")
     await ready(rp_gateway.store, endpoint, worker)
-    job_id = await submit(client, endpoint, {"sleep": 2, "output": "drained"})
-    await until(lambda: _running(client, endpoint, job_id), 15, "job start", worker.log)
+    job_id = await submit(client, endpoint, {"progress": [{"step": 1}], "sleep": 2, "output": "drained"})
+
+    async def handler_running() -> bool:  # not just taken: SDKs before 1.9.1 may hold a taken
+        body = await status(client, endpoint, job_id)  # job in their local queue a while
+        return body["status"] == "IN_PROGRESS" and body.get("output") == {"step": 1}
+
+    await until(handler_running, 15, "the handler to run", worker.log)
     worker.signal(signal.SIGTERM)
     body = await finished(client, endpoint, job_id, timeout_s=20, worker=worker)
     assert body["status"] == "COMPLETED" and body["output"] == "drained"
