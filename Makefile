@@ -36,7 +36,12 @@ runpod-venvs:
 	done; wait; for v in $(RUNPOD_VERSIONS); do test -f .venv-runpod/$$v/.installed || \
 	  { echo "could not build .venv-runpod/$$v (pip install runpod==$$v)"; exit 1; }; done
 
+# The wheel's valkey-server has no TLS: as root (CI), the suite also gets Debian's redis-server,
+# so its TLS cases run instead of skipping; without root they skip and say how to run them.
 test: $(STAMP) redis-server runpod-venvs
+	@command -v redis-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server (TLS) for the suite's TLS cases"; \
+	  apt-get update -q && apt-get install -y -q redis-server; }
 	$(BIN)/python -m pytest
 
 # With PODQ_REDIS_URL set, `podq dev` uses that Redis and starts none.
