@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from serverless import keys
+from serverless.autopipeline import AutoPipeline
 from serverless.errors import ConfigError
 from serverless.queue import NEEDS_REDIS_7, UPGRADE, connection_error, require_functions, server_url
 
@@ -67,8 +68,10 @@ def _function_missing(e: ResponseError) -> bool:
 class Library:
     """podq's functions on one Redis client: loaded on the first call, again after a restart."""
 
-    def __init__(self, redis: Redis, source: Source | None = None) -> None:
+    def __init__(self, redis: Redis, source: Source | None = None,
+                 pipeline: AutoPipeline | None = None) -> None:
         self.redis = redis
+        self.pipeline = pipeline or AutoPipeline(redis)  # FCALLs of one loop turn go together
         self.source = source or library_source()
         self._generation = 0  # loads done by this object; 0: not loaded yet
         self._lock = asyncio.Lock()
@@ -89,12 +92,12 @@ class Library:
             seen = self._generation
         name = self.source.function(operation)
         try:
-            return await self.redis.fcall(name, len(keys), *keys, *args)
+            return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)
         except ResponseError as e:
             if not _function_missing(e):
                 raise
         await self._load(seen)
-        return await self.redis.fcall(name, len(keys), *keys, *args)
+        return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)
 
     async def _load(self, seen: int) -> None:
         async with self._lock:

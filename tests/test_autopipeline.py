@@ -1,0 +1,93 @@
+"""AutoPipeline against a real redis-server: the commands of one loop turn share one connection
+and one write, each caller gets its own reply or its own error, a cancelled caller costs the
+others nothing, and a connection lost mid-batch fails that batch only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from serverless import autopipeline
+from serverless.autopipeline import AutoPipeline, pairs
+from serverless.queue import connect
+
+
+@pytest.fixture
+async def redis(redis_url: str):
+    client = await connect(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def connections(client) -> int:
+    pool = client.connection_pool
+    return len(pool._available_connections) + len(pool._in_use_connections)
+
+
+async def test_one_turn_of_commands_is_one_connection_and_each_caller_gets_its_reply(redis) -> None:
+    auto = AutoPipeline(redis)
+    await redis.ping()  # the pool's first connection exists
+    before = connections(redis)
+    replies = await asyncio.gather(*(auto.execute("INCRBY", "n", i) for i in range(1, 201)))
+    assert connections(redis) == before  # plain execute_command x200 concurrently opens ~200
+    assert sorted(replies) == sorted(set(replies)) and max(replies) == sum(range(1, 201))
+    assert int(await redis.get("n")) == sum(range(1, 201))
+
+
+async def test_a_turn_larger_than_one_batch_is_split_and_still_answered(redis, monkeypatch) -> None:
+    monkeypatch.setattr(autopipeline, "MAX_BATCH", 7)
+    auto = AutoPipeline(redis)
+    replies = await asyncio.gather(*(auto.execute("ECHO", str(i)) for i in range(50)))
+    assert replies == [str(i).encode() for i in range(50)]
+
+
+async def test_an_error_reply_goes_to_its_own_caller_only(redis) -> None:
+    auto = AutoPipeline(redis)
+    await redis.set("s", "text")
+    ok1, bad, ok2 = await asyncio.gather(
+        auto.execute("INCR", "a"), auto.execute("INCR", "s"), auto.execute("INCR", "b"),
+        return_exceptions=True)
+    assert ok1 == 1 and ok2 == 1
+    assert isinstance(bad, ResponseError) and "not an integer" in str(bad)
+    assert await auto.execute("INCR", "a") == 2  # the connection stays in sync after an error
+
+
+async def test_a_lone_command_and_raw_hgetall(redis) -> None:
+    auto = AutoPipeline(redis)
+    assert pairs(await auto.execute("HGETALL", "none")) == {}
+    await redis.hset("h", mapping={"a": "1", "b": "2"})
+    assert pairs(await auto.execute("HGETALL", "h")) == {b"a": b"1", b"b": b"2"}
+
+
+async def test_a_cancelled_caller_does_not_cost_the_others_their_replies(redis) -> None:
+    auto = AutoPipeline(redis)
+    first = asyncio.ensure_future(auto.execute("INCR", "c"))
+    second = asyncio.ensure_future(auto.execute("INCR", "c"))
+    await asyncio.sleep(0)  # both joined the turn's batch
+    first.cancel()
+    assert await second in (1, 2)
+    assert first.cancelled()
+    assert int(await redis.get("c")) == 2  # the cancelled caller's command still ran
+    assert await auto.execute("INCR", "c") == 3
+
+
+async def test_a_connection_lost_mid_batch_fails_that_batch_and_the_next_turn_reconnects(
+        redis, redis_url: str) -> None:
+    auto = AutoPipeline(redis)
+    await auto.execute("PING")
+    killer = await connect(redis_url)
+    try:
+        # the batch waits on Redis (a BLPOP that nothing answers) while its connection is killed
+        batch = asyncio.gather(auto.execute("BLPOP", "nothing", "5"), auto.execute("PING"),
+                               return_exceptions=True)
+        await asyncio.sleep(0.2)
+        await killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        results = await asyncio.wait_for(batch, 3)
+        assert all(isinstance(r, (RedisConnectionError, OSError)) for r in results), results
+    finally:
+        await killer.aclose()
+    assert await auto.execute("ECHO", "x") == b"x"  # a fresh connection, in sync
