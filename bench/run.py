@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.common import ROOT, machine
 from bench.report import Section, draw, report_markdown, section_markdown
 
-SCENARIOS = ("latency", "throughput", "streaming", "scale", "coldstart", "footprint",
+SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
              "runpod_worker", "redis_cpu")
 RESULTS = ROOT / "bench" / "results"
 

@@ -112,6 +112,7 @@ class Worker:
         """Stop taking jobs; in-flight jobs get the grace period (SIGTERM, refresh_worker)."""
         self.refresh_requested = self.refresh_requested or refresh
         self._stopping.set()
+        self._slot_free.set()  # a take loop waiting for a free slot looks at _stopping again
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,7 +146,7 @@ class Worker:
             self.concurrency = self.config.next_concurrency(self.concurrency)
             if len(self.active) >= self.concurrency:
                 self._slot_free.clear()
-                await _first(self._slot_free.wait(), self._stopping.wait())
+                await self._slot_free.wait()  # set by a finished job, or by request_stop
                 continue
             free = self.concurrency - len(self.active)
             try:
