@@ -1,14 +1,16 @@
 """Which GPUs a new worker gets: match an endpoint's gpu_ids and gpu_count against the free
 devices of this host (pure; the inventory comes from serverless/nvml.py).
 
-gpu_ids is a comma-separated list of RunPod pool ids (AMPERE_24, HOPPER_141, ...), GPU names
-("H100", "RTX 4090"; matched as a case-insensitive substring of NVML's name) or ANY.
+gpu_ids is a comma-separated list of RunPod pool ids (AMPERE_24, HOPPER_141, ...), GPU models
+("H100", "RTX 4090", "NVIDIA H100 80GB HBM3") or ANY. A model matches a device name exactly, not
+as a substring (`same_model`): "L4" is not an L40S and "A40" is not an RTX A4000.
 gpu_count 0 means a CPU worker. ANY on a host without GPUs also gives a CPU worker, so an
 endpoint runs on a laptop or CI unchanged; any other gpu_ids there is a clear error.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from serverless.model import EndpointConfig, GpuInfo
@@ -29,8 +31,35 @@ def wanted_names(gpu_ids: str) -> list[str] | None:
     return names
 
 
+# Words a device name may carry after its model: memory, form factor, interconnect, edition.
+# "ti", "super", "sff", "ada" or "mig" are not among them: those are other products (or a MIG
+# slice, which is not the pool's whole GPU).
+_VARIANT = re.compile(
+    r"^(\d+gb|sxm\d*|pcie|hbm\d*e?|nvl|generation|server|workstation|edition|max-q|blackwell)$")
+_MAKERS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
+
+
+def _words(name: str) -> list[str]:
+    """A GPU name as lower-case words without the maker's prefixes: NVML's "NVIDIA GeForce RTX
+    4090" and the nvidia.com/gpu.product label "NVIDIA-GeForce-RTX-4090" both give
+    ["rtx", "4090"]."""
+    words = [w for w in re.split(r"[\s_-]+", name.lower()) if w]
+    while words and words[0] in _MAKERS:
+        words.pop(0)
+    return words
+
+
+def same_model(wanted: str, device: str) -> bool:
+    """Whether `device` (an NVML name or a gpu.product label) is the model `wanted` names:
+    the same words, then only variant words (memory, form factor, edition)."""
+    want, have = _words(wanted), _words(device)
+    if not want or have[:len(want)] != want:
+        return False
+    return all(_VARIANT.match(w) for w in have[len(want):])
+
+
 def matches(gpu: GpuInfo, names: list[str] | None) -> bool:
-    return names is None or any(n.lower() in gpu.name.lower() for n in names)
+    return names is None or any(same_model(n, gpu.name) for n in names)
 
 
 def assign(endpoint: EndpointConfig, inventory: list[GpuInfo], in_use: Iterable[str]) -> list[str]:

@@ -23,15 +23,20 @@ template_decoder = msgspec.json.Decoder(Template)
 _encode = msgspec.json.Encoder().encode
 
 # RunPod's GPU pool ids (docs.runpod.io, "GPU types"): pool -> GPU names in it
+# RunPod's GPU pool ids and the models in each (RunPod's GpuGroup list); a model is matched
+# exactly against NVML names and Kubernetes' nvidia.com/gpu.product labels by scaler/gpus.py
 GPU_POOLS: dict[str, tuple[str, ...]] = {
-    "AMPERE_16": ("RTX A4000", "RTX A4500", "RTX 4000 Ada"),
-    "AMPERE_24": ("RTX A5000", "L4", "RTX 3090"),
-    "ADA_24": ("RTX 4090",),
+    "AMPERE_16": ("RTX A4000", "RTX 4000 Ada", "RTX 2000 Ada"),
+    "AMPERE_24": ("RTX A4500", "RTX A5000", "RTX 3090"),
+    "ADA_24": ("L4", "RTX 4090"),
+    "ADA_32_PRO": ("RTX 5090",),
     "AMPERE_48": ("RTX A6000", "A40"),
     "ADA_48_PRO": ("L40", "L40S", "RTX 6000 Ada"),
     "AMPERE_80": ("A100",),
     "ADA_80_PRO": ("H100",),
+    "BLACKWELL_96": ("RTX PRO 6000",),
     "HOPPER_141": ("H200",),
+    "BLACKWELL_180": ("B200",),
 }
 ANY_GPU = "ANY"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,127}$")
