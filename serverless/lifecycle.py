@@ -14,7 +14,9 @@ from enum import StrEnum
 
 import msgspec
 
-from serverless.model import JobRecord, Status, StatusBody, WorkerBeat, WorkerCounts, WorkerState
+from serverless.model import (
+    TERMINAL_STATUSES, JobRecord, Status, StatusBody, WorkerBeat, WorkerCounts, WorkerState,
+)
 
 Q, P = Status.IN_QUEUE, Status.IN_PROGRESS
 
@@ -113,6 +115,29 @@ def status_body(record: JobRecord, now_ms: int) -> StatusBody:
     if record.worker_id is not None:
         body.workerId = record.worker_id
     return body
+
+
+def ended_as_announced(record: JobRecord, announced: str) -> JobRecord | None:
+    """`record` (as submitted) after the end its done message told (serverless/notify.py:
+    `status \\n started_at \\n finished_at \\n worker_id \\n` then `o` + output, `e` + error
+    or `-`); None when the text is not such an end, and the job must be read instead."""
+    parts = announced.split("\n", 4)
+    if len(parts) != 5 or not parts[4] or parts[4][0] not in "oe-":
+        return None
+    status, started, finished, worker, result = parts
+    try:
+        ended = Status(status)
+        started_at, finished_at = (int(started) if started else None), int(finished)
+    except ValueError:
+        return None
+    if ended not in TERMINAL_STATUSES:
+        return None
+    kind, body = result[0], result[1:]
+    return msgspec.structs.replace(
+        record, status=ended, started_at=started_at, finished_at=finished_at,
+        worker_id=worker or None, output=msgspec.Raw(body.encode()) if kind == "o" else None,
+        error=body if kind == "e" else None,
+    )
 
 
 def body_json(body: StatusBody) -> bytes:

@@ -4,6 +4,11 @@ The finishing Lua script publishes the job id on its endpoint's done channel; th
 single PSUBSCRIBE to all of them and sets the asyncio.Event of each local waiter. Pub/sub is
 only a doorbell: the durable status is in the job hash, and waiters re-read it, so a message
 lost during a reconnect delays a waiter by its re-check interval and loses nothing.
+
+For a /runsync job whose worker wrote a small result, the message carries that result too
+(`announcement()` in serverless/lua/_lib.lua); it is kept for the job's local waiters
+(`announced`), which then answer without reading the job back. Messages for jobs nobody here
+waits on are dropped at once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class Notifier:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._announced: dict[str, str] = {}  # job id -> the end its message carried
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -45,6 +51,12 @@ class Notifier:
             waiters.discard(event)
             if not waiters:
                 del self._waiters[job_id]
+                self._announced.pop(job_id, None)
+
+    def announced(self, job_id: str) -> str | None:
+        """The end of `job_id` as its done message told it (status, times, worker, result;
+        lifecycle.ended_as_announced reads it), or None when the message carried only the id."""
+        return self._announced.get(job_id)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -52,11 +64,17 @@ class Notifier:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def _wake(self, job_id: str) -> None:
+    def _wake(self, message: str) -> None:
+        job_id, carried, end = message.partition("\n")
         if job_id == keys.PURGED:  # many jobs ended at once: everyone re-reads
             targets = [e for events in self._waiters.values() for e in events]
         else:
-            targets = list(self._waiters.get(job_id, ()))
+            waiters = self._waiters.get(job_id)
+            if not waiters:
+                return
+            if carried:
+                self._announced[job_id] = end
+            targets = list(waiters)
         for event in targets:
             event.set()
 

@@ -194,12 +194,14 @@ class JobStore:
         self, endpoint: str, request: RunRequest, timeout_s: float, *, sync: bool = True
     ) -> JobRecord:
         """Submit and wait for the result (/runsync). The waiter is registered before the
-        job exists, so no read is needed before the first notification."""
+        job exists, so no read is needed before the first notification, and none after it when
+        the notification carried the result (a small one, written by the job's worker)."""
         _check_id(endpoint, "endpoint")
         record = self.new_record(endpoint, request, sync=sync, job_id=None, now=now_ms())
         async with self.watching(record.id) as event:
             await self._insert(record, fresh=True)
-            latest = await self._wait_on(record.id, event, timeout_s, read_first=False)
+            latest = await self._wait_on(record.id, event, timeout_s, read_first=False,
+                                         submitted=record)
             return latest or record
 
     async def _started_notifier(self) -> Notifier:
@@ -209,7 +211,8 @@ class JobStore:
         return self._notifier
 
     async def _wait_on(
-        self, job_id: str, event: asyncio.Event, timeout_s: float, *, read_first: bool
+        self, job_id: str, event: asyncio.Event, timeout_s: float, *, read_first: bool,
+        submitted: JobRecord | None = None,
     ) -> JobRecord | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -218,11 +221,18 @@ class JobStore:
             await _wait_event(event, min(timeout_s, 1.0))
         while True:
             event.clear()  # before the read: a doorbell that rings during it is not lost
-            record = await self.get(job_id)
+            record = self._announced_end(job_id, submitted) or await self.get(job_id)
             remaining = deadline - loop.time()
             if record is None or record.status in TERMINAL_STATUSES or remaining <= 0:
                 return record
             await _wait_event(event, min(remaining, 1.0))
+
+    def _announced_end(self, job_id: str, submitted: JobRecord | None) -> JobRecord | None:
+        """The job as its done message told its end, when it carried one (no read needed)."""
+        if submitted is None or self._notifier is None:
+            return None
+        announced = self._notifier.announced(job_id)
+        return None if announced is None else lifecycle.ended_as_announced(submitted, announced)
 
     async def read_chunks(
         self, job_id: str, cursor: str = "0-0", count: int = 1000, block_ms: int | None = None

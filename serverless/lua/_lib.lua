@@ -36,11 +36,11 @@ end
 
 -- The fields a move needs, read with one HMGET; job_read's reply is indexed by these names
 -- (HMGET's own reply table: copying it into a keyed table would cost more Lua work per call).
-local STATUS, ATTEMPT, ENDPOINT, RETENTION, WEBHOOK, REMOTE, WORKER = 1, 2, 3, 4, 5, 6, 7
+local STATUS, ATTEMPT, ENDPOINT, RETENTION, WEBHOOK, REMOTE, WORKER, STARTED = 1, 2, 3, 4, 5, 6, 7, 8
 
 local function job_read(jobkey)
   return redis.call('HMGET', jobkey, 'status', 'attempt', 'endpoint', 'retention_ms', 'webhook',
-                    'remote', 'worker_id')
+                    'remote', 'worker_id', 'started_at')
 end
 
 -- remote: the job's `remote` field as HMGET read it ('1' for a RunPod-protocol worker's job,
@@ -65,14 +65,38 @@ end
 local COUNTER = {COMPLETED = 'completed', FAILED = 'failed', CANCELLED = 'cancelled',
                  TIMED_OUT = 'timed_out'}
 
+-- What the done channel says about a job that ended: its id; for a /runsync job ('sync-' id)
+-- whose worker wrote its result, the result too, so the waiting gateway answers without
+-- reading the job back (serverless/notify.py parses it):
+--   id \n status \n started_at \n finished_at \n worker_id \n ('o' output | 'e' error | '-')
+-- sets[first..last]: the fields the move writes. A result over INLINE_MAX bytes, or a move that
+-- writes both output and error, announces the id only (the waiter reads the job).
+local INLINE_MAX = 65536
+
+local function announcement(id, job, status, now, sets, first, last)
+  if string.sub(id, 1, 5) ~= 'sync-' then return id end
+  local kind, body = '-', ''
+  for i = first, last, 2 do
+    local field = sets[i]
+    if field == 'output' or field == 'error' then
+      if kind ~= '-' then return id end
+      kind, body = (field == 'output') and 'o' or 'e', sets[i + 1]
+    end
+  end
+  if #body > INLINE_MAX then return id end
+  return id .. '\n' .. status .. '\n' .. (job[STARTED] or '') .. '\n' .. now .. '\n' ..
+         (job[WORKER] or '') .. '\n' .. kind .. body
+end
+
 -- A job reached a terminal status (already written): count it, start its retention clock and
 -- announce it. job: job_read()'s reply, read before the move.
--- publish: false when the caller announces a bulk change itself (purge)
-local function ended(ep, id, jobkey, job, status, publish)
+-- message: what to publish on the done channel (the id, or announcement()), false when the
+-- caller announces a bulk change itself (purge)
+local function ended(ep, id, jobkey, job, status, message)
   redis.call('HINCRBY', K_stats(ep), COUNTER[status], '1')
   redis.call('PEXPIRE', jobkey, job[RETENTION])
   redis.call('PEXPIRE', K_chunks(id), job[RETENTION])
-  if publish then redis.call('PUBLISH', K_done(ep), id) end
+  if message then redis.call('PUBLISH', K_done(ep), message) end
   if job[WEBHOOK] then redis.call('RPUSH', WEBHOOKS, id) end
   if job[STATUS] ~= 'IN_PROGRESS' then return end
   if status == 'CANCELLED' then redis.call('PUBLISH', K_cancel(ep), id) end
@@ -101,6 +125,8 @@ local NO_FIELDS = {}
 
 -- Move a job from job[STATUS] to `to`. sets[first..last]: more field/value pairs for the same
 -- HSET as the status (and finished_at, for a terminal status); sets may be nil.
+-- publish: false (the caller announces it), true (announce the id), or 'result' (a worker's
+-- fenced final write: a /runsync job's result goes with the announcement)
 local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
   local from = job[STATUS]
   if not sets then sets, first, last = NO_FIELDS, 1, 0 end
@@ -112,7 +138,9 @@ local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
   leave(ep, id, from, job[REMOTE])
   if is_terminal(to) then
     redis.call('HSET', jobkey, 'status', to, 'finished_at', now, unpack(sets, first, last))
-    ended(ep, id, jobkey, job, to, publish)
+    local message = publish and id
+    if publish == 'result' then message = announcement(id, job, to, now, sets, first, last) end
+    ended(ep, id, jobkey, job, to, message)
   else
     redis.call('HSET', jobkey, 'status', to, unpack(sets, first, last))
     if to == 'IN_QUEUE' then queued(ep, id, jobkey, from) end

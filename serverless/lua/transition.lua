@@ -12,7 +12,9 @@ register('transition', function(KEYS, ARGV)
   if not is_in(ARGV[3], status) then return {'refused', status} end
   if ARGV[4] ~= '' and job[ATTEMPT] ~= ARGV[4] then return {'stale', status} end
   local n = tonumber(ARGV[6])
-  move(job[ENDPOINT], id, jobkey, job, target, now, true, split_fields(jobkey, ARGV, 7, n))
+  -- a fenced write is the worker's: its final result may go with the announcement
+  local publish = ARGV[4] ~= '' and 'result' or true
+  move(job[ENDPOINT], id, jobkey, job, target, now, publish, split_fields(jobkey, ARGV, 7, n))
   if #ARGV >= 7 + 2 * n then redis.call('HDEL', jobkey, unpack(ARGV, 7 + 2 * n)) end
   return {'ok', status}
 end)
