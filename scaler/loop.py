@@ -26,7 +26,9 @@ from scaler.worker_keys import endpoint_worker_key
 from scaler.policy import Observed, desired_workers
 from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
 from serverless import lifecycle, nvml, runpod_protocol
-from serverless.model import EndpointConfig, EndpointStatus, GpuInfo, Template, WorkerProtocol, WorkerState
+from serverless.model import (
+    EndpointConfig, EndpointStatus, GpuInfo, Template, WorkerBeat, WorkerProtocol, WorkerState,
+)
 from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
@@ -154,7 +156,8 @@ class Scaler:
                 await self.store.remove_worker(endpoint.id, b.id)
             else:
                 beats[b.id] = b
-        ready = {b.id for b in beats.values() if b.state is not WorkerState.INITIALIZING}
+        ready = {b.id for b in beats.values()
+                 if b.state not in (WorkerState.INITIALIZING, WorkerState.THROTTLED)}
         for worker_id in ready:
             self._booting.pop(worker_id, None)
         starting = sum(1 for h in handles if h.worker_id not in ready)
@@ -164,9 +167,21 @@ class Scaler:
         pairs = [(h, beats.get(h.worker_id)) for h in handles]
         plan = reconcile(endpoint, desired, pairs, now, self.timing,
                          force_zero=endpoint.paused or (zero_requested and desired == 0))
-        reason = await self._act(endpoint, backend, plan, handles, now)
-        status = EndpointStatus.FAILED if reason and plan.status is not EndpointStatus.RUNNING else plan.status
-        await self.registry.set_status(endpoint.id, status, reason)
+        await self._report_pending(endpoint, handles, now)
+        problem = await self._act(endpoint, backend, plan, handles, now)
+        status = EndpointStatus.FAILED if problem and plan.status is not EndpointStatus.RUNNING else plan.status
+        await self.registry.set_status(endpoint.id, status, problem or plan.reason)
+
+    async def _report_pending(self, endpoint: EndpointConfig, handles: list[WorkerHandle], now: int) -> None:
+        """A worker the engine has not placed has no heartbeat of its own: the scaler writes one
+        (state throttled, the engine's reason) each tick, so /health counts it; the worker's own
+        first heartbeat replaces it, and one the scaler stops refreshing is no longer counted."""
+        for h in handles:
+            if h.pending and h.running:
+                await self.store.beat(WorkerBeat(
+                    id=h.worker_id, endpoint=endpoint.id, state=WorkerState.THROTTLED,
+                    reason=h.pending, seen_at=now, started_at=h.started_at, version=h.version,
+                ))
 
     async def _act(self, endpoint: EndpointConfig, backend: Backend, plan: Plan,
                    handles: list[WorkerHandle], now: int) -> str:
@@ -195,7 +210,9 @@ class Scaler:
         in_use = [u for h in handles for u in h.gpu_uuids]
         for _ in range(count):
             try:
-                spec = await self._spec(endpoint, template, gpus.assign(endpoint, self.inventory(), in_use))
+                # a cluster engine picks nodes and devices itself; else they come from this host
+                devices = [] if backend.places_gpus else gpus.assign(endpoint, self.inventory(), in_use)
+                spec = await self._spec(endpoint, template, devices, backend.places_gpus)
                 handle = await backend.start(spec)
             except (gpus.NoGpu, BackendError) as e:
                 return str(e)
@@ -204,24 +221,32 @@ class Scaler:
             log.info("started worker %s for %s (version %d)", handle.worker_id, endpoint.id, endpoint.version)
         return ""
 
-    async def _spec(self, endpoint: EndpointConfig, template: Template, gpu_uuids: list[str]) -> WorkerSpec:
+    async def _spec(self, endpoint: EndpointConfig, template: Template, gpu_uuids: list[str],
+                    engine_places: bool = False) -> WorkerSpec:
         worker_id = f"{endpoint.id}-{uuid.uuid4().hex[:8]}"  # new for every start
+        # what the engine is asked for (engine_places), or what this host's devices give
+        gpu_count = endpoint.gpu_count if engine_places else len(gpu_uuids)
+        gpu_names = gpus.wanted_names(endpoint.gpu_ids) if gpu_count else None
         spec = WorkerSpec(
             endpoint_id=endpoint.id, worker_id=worker_id,
             version=endpoint.version, redis_url=self.settings.redis_dsn, image=template.image_name,
             command=shlex.split(template.docker_start_cmd) if template.docker_start_cmd else [],
-            handler=template.handler, gpu_uuids=gpu_uuids,
+            handler=template.handler, gpu_uuids=gpu_uuids, gpu_count=gpu_count, gpu_names=gpu_names,
             env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
             labels=dict(endpoint.labels), protocol=template.protocol.value,
         )
         if template.protocol is WorkerProtocol.RUNPOD:
             # the image's own entrypoint runs unchanged; it finds podq through RunPod's env
-            names = {g.uuid: g.name for g in self.inventory()}
+            if engine_places:  # the node is not known yet: the first model asked for
+                gpu_label = gpu_names[0] if gpu_names else ""
+            else:
+                names = {g.uuid: g.name for g in self.inventory()}
+                gpu_label = names.get(gpu_uuids[0], "") if gpu_uuids else ""
             env = runpod_protocol.worker_env(
                 self.settings.gateway_url, endpoint.id, worker_id,
                 await endpoint_worker_key(self.store.redis, endpoint.id),
                 ping_ms=self.settings.runpod_ping_ms,
-                gpu_label=names.get(gpu_uuids[0], "") if gpu_uuids else "",
+                gpu_label=gpu_label,
                 template_env=template.env,
             )
             spec = msgspec.structs.replace(spec, env=env, handler=None)

@@ -4,6 +4,9 @@ A worker's health comes from two sources: the backend's listing (does it exist, 
 and its heartbeat in Redis (is it ready, idle or running, since when). Rules:
 - a worker the backend reports as not running, or whose heartbeat went silent, or that never
   became ready within `ready_timeout_ms`, is stopped (and replaced if still wanted);
+- a worker a cluster engine has not placed yet (the backend lists it `pending`: no node has a
+  free GPU of its kind) is left alone: it counts toward the target, no timeout applies to it, and
+  the endpoint's status says why it waits (a restart would only queue it again);
 - healthy workers of the endpoint's current version count toward the target; missing ones are
   started (never beyond workers_max);
 - workers of an older version are stopped once enough current ones are ready (rolling update:
@@ -24,6 +27,7 @@ from serverless.model import EndpointConfig, EndpointStatus, WorkerBeat, WorkerS
 
 
 class Health(StrEnum):
+    PENDING = "pending"  # not placed by the engine yet
     STARTING = "starting"
     IDLE = "idle"
     RUNNING = "running"
@@ -53,12 +57,15 @@ Action = Start | Stop
 class Plan(msgspec.Struct):
     actions: list[Action]
     status: EndpointStatus
+    reason: str = ""  # why workers are not ready yet (pending placement), or ''
 
 
 def health(handle: WorkerHandle, beat: WorkerBeat | None, now: int, timing: Timing) -> Health:
     if not handle.running:
         return Health.DEAD
-    if beat is None or beat.state is WorkerState.INITIALIZING:
+    if handle.pending:
+        return Health.PENDING
+    if beat is None or beat.state in (WorkerState.INITIALIZING, WorkerState.THROTTLED):
         # loading its model: only the ready timeout applies, not heartbeat silence
         waited = now - handle.started_at
         return Health.UNHEALTHY if waited > timing.ready_timeout_ms else Health.STARTING
@@ -106,6 +113,7 @@ def reconcile(
     if force_zero:
         actions += [Stop(h, "endpoint paused or scaled to zero") for h, _, _ in alive]
         return Plan(actions, _status(endpoint, [], 0))
+    waiting = pending_reason([h for h, _, s in current if s is Health.PENDING])
     missing = max(0, min(desired, endpoint.workers_max) - len(current))
     if missing:
         actions.append(Start(missing))
@@ -113,7 +121,16 @@ def reconcile(
     if len(ready) >= desired:
         actions += [Stop(h, f"rolled to version {endpoint.version}") for h, _, _ in old]
     actions += _idle_stops(endpoint, current, desired, now)
-    return Plan(actions, _status(endpoint, alive, desired))
+    return Plan(actions, _status(endpoint, alive, desired), waiting)
+
+
+def pending_reason(pending: list[WorkerHandle]) -> str:
+    """What the endpoint's status says about workers the engine has not placed: how many, and
+    each distinct reason the engine gave."""
+    if not pending:
+        return ""
+    reasons = sorted({h.pending for h in pending})
+    return f"{len(pending)} worker(s) waiting for placement: " + "; ".join(reasons)
 
 
 def _idle_stops(endpoint: EndpointConfig, current: list, desired: int, now: int) -> list[Action]:

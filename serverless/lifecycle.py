@@ -170,6 +170,8 @@ def worker_counts(beats: list[WorkerBeat], now_ms: int, stale_after_ms: int) -> 
         if is_gone(beat, now_ms, stale_after_ms):
             continue
         quiet = now_ms - beat.seen_at > stale_after(beat, stale_after_ms)
+        if quiet and beat.state is WorkerState.THROTTLED:  # the scaler no longer says so
+            continue
         silent = quiet and beat.state is not WorkerState.INITIALIZING
         state = WorkerState.UNHEALTHY if silent else beat.state
         setattr(counts, state.value, getattr(counts, state.value) + 1)

@@ -112,6 +112,10 @@ class WorkerState(StrEnum):
     IDLE = "idle"
     RUNNING = "running"
     UNHEALTHY = "unhealthy"
+    # asked for, but the cluster engine has not placed it yet (no free GPU on any node): written
+    # by the scaler with the engine's reason, replaced by the worker's own first heartbeat
+    # (RunPod's /health counts such workers as "throttled")
+    THROTTLED = "throttled"
 
 
 class WorkerProtocol(StrEnum):
@@ -163,6 +167,7 @@ class WorkerCounts(msgspec.Struct):
     running: int = 0
     initializing: int = 0
     unhealthy: int = 0
+    throttled: int = 0  # waiting for the cluster engine to place them (RunPod's name)
 
 
 class QueueStats(msgspec.Struct):

@@ -95,3 +95,13 @@ def test_worker_counts_judge_runpod_workers_by_their_ping_interval_and_forget_go
     counts = lifecycle.worker_counts(beats, now_ms=100_000, stale_after_ms=6_000)
     # a: 20 s silent is 2 pings (fine); b: 40 s is 4 (unhealthy); c: 100 pings silent (gone)
     assert (counts.idle, counts.unhealthy) == (1, 2)
+
+
+def test_a_throttled_worker_counts_while_the_scaler_refreshes_it_and_not_after() -> None:
+    from serverless.lifecycle import worker_counts
+    from serverless.model import WorkerBeat, WorkerState
+
+    fresh = WorkerBeat(id="a", endpoint="e", state=WorkerState.THROTTLED, seen_at=100_000)
+    quiet = WorkerBeat(id="b", endpoint="e", state=WorkerState.THROTTLED, seen_at=1_000)
+    counts = worker_counts([fresh, quiet], now_ms=101_000, stale_after_ms=6_000)
+    assert (counts.throttled, counts.unhealthy) == (1, 0)

@@ -50,8 +50,22 @@ def per_job(before: int, after: int, n: int) -> float:
 
 # ---- podq: the queue ------------------------------------------------------------------------
 
+async def register_endpoint(s: aiohttp.ClientSession, base: str, endpoint: str) -> None:
+    """Create the endpoint in the registry (admin API), so its queue takes jobs with no worker."""
+    root = base.removesuffix("/v2")
+    async with s.post(f"{root}/v1/templates", json={"name": endpoint, "handler": "bench/handlers/noop.py"}) as r:
+        if r.status != 200:
+            raise RuntimeError(f"POST /v1/templates: {r.status} {await r.text()}")
+        template = await r.json()
+    body = {"id": endpoint, "name": endpoint, "template_id": template["id"]}
+    async with s.post(f"{root}/v1/endpoints", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"POST /v1/endpoints: {r.status} {await r.text()}")
+
+
 async def podq_queue(s: aiohttp.ClientSession, base: str, redis_url: str, n: int,
                      health_calls: int) -> dict:
+    await register_endpoint(s, base, EP)  # a /run to an endpoint nobody serves is a 404
     await submit(s, f"{base}/{EP}/run", INPUT)  # creates the endpoint's keys
     async with s.post(f"{base}/{EP}/purge-queue") as r:
         assert r.status == 200

@@ -3,6 +3,12 @@
 A backend only acts; the scaler decides. `list()` is the truth the scaler reconciles against
 after its own restart, so every backend must find its workers again from the outside (process
 environment, container labels, pod labels), never from memory.
+
+GPUs: a backend on one host (`places_gpus = False`: process, Docker) is handed the devices the
+scaler picked from this host's NVML (`WorkerSpec.gpu_uuids`). A cluster backend
+(`places_gpus = True`) gets the request instead (`gpu_count`, `gpu_names`) and its engine's
+scheduler picks the node and devices; until it can, the worker is listed with `pending` set to
+the engine's reason, and the scaler neither counts it unhealthy nor restarts it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     command: list[str] = []
     handler: str | None = None
     env: dict[str, str] = {}
-    gpu_uuids: list[str] = []
+    gpu_uuids: list[str] = []  # the devices to use (backends that do not place GPUs)
+    gpu_count: int = 0  # GPUs the worker needs (0: a CPU worker)
+    # the GPU models it may get (exact names, scaler/gpus.same_model); None: any model
+    gpu_names: list[str] | None = None
     labels: dict[str, str] = {}
     # "runpod": an unmodified RunPod worker (its own command / the image's CMD, RunPod's env in
     # `env`); each start must be a fresh process or container, never a restart of the old one
@@ -50,11 +59,16 @@ class WorkerHandle(msgspec.Struct, kw_only=True):
     ref: str  # pid, container id, pod name
     running: bool = True
     gpu_uuids: list[str] = []
+    # when it was started, or placed by a cluster engine (the ready timeout counts from here)
     started_at: int = 0
+    # not placed yet, and the engine's reason ("0/3 nodes have a free nvidia.com/gpu"); '' once
+    # placed (only backends that place GPUs report it)
+    pending: str = ""
 
 
 class Backend(Protocol):
     name: str
+    places_gpus: bool  # True: the engine picks nodes and GPUs (WorkerSpec.gpu_count/gpu_names)
 
     async def start(self, spec: WorkerSpec) -> WorkerHandle: ...
 

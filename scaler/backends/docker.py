@@ -228,6 +228,7 @@ class DockerBackend:
     """
 
     name = "docker"
+    places_gpus = False  # this host's devices, picked by the scaler (scaler/gpus.py)
 
     def __init__(self, options: DockerOptions | None = None) -> None:
         self.options = options or DockerOptions.from_env()

@@ -35,6 +35,7 @@ def scope_of(redis_url: str) -> str:
 
 class ProcessBackend:
     name = "process"
+    places_gpus = False  # this host's devices, picked by the scaler (scaler/gpus.py)
 
     def __init__(self, redis_url: str, log_dir: str | None = None, python: str = sys.executable) -> None:
         self.scope = scope_of(redis_url)

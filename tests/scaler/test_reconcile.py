@@ -118,3 +118,36 @@ def test_stop_pod_and_stuck_workers_are_replaced_not_counted() -> None:
     reasons = {a.handle.worker_id: a.reason for a in plan.actions if isinstance(a, Stop)}
     assert "stopPod" in reasons["a"] and "cancelled or timed out" in reasons["b"]
     assert not reasons["a"].startswith("worker is")  # not a crash: no crash-loop backoff
+
+
+def pending(wid: str, reason: str = "0/3 nodes have a free nvidia.com/gpu", age_s: float = 600,
+            running: bool = True) -> tuple[WorkerHandle, WorkerBeat | None]:
+    """A worker a cluster engine has not placed: no heartbeat, or the scaler's throttled one."""
+    handle = WorkerHandle(worker_id=wid, endpoint_id="e", version=1, ref=wid, running=running,
+                          started_at=NOW - int(age_s * 1000), pending=reason)
+    return handle, WorkerBeat(id=wid, endpoint="e", state=WorkerState.THROTTLED, seen_at=NOW)
+
+
+def test_a_worker_waiting_for_placement_is_left_alone_past_any_timeout() -> None:
+    assert health(*pending("a"), NOW, T) is Health.PENDING
+    assert health(*pending("a", running=False), NOW, T) is Health.DEAD
+    plan = reconcile(ep(), 2, [pending("a"), pending("b", reason="no node matches gpu.product")], NOW, T)
+    assert stopped(plan) == [] and started(plan) == 0  # they count toward the target
+    assert plan.status is EndpointStatus.INITIALIZING
+    assert plan.reason == ("2 worker(s) waiting for placement: 0/3 nodes have a free "
+                           "nvidia.com/gpu; no node matches gpu.product")
+
+
+def test_a_placed_worker_gets_the_ready_timeout_from_its_placement() -> None:
+    handle, beat = pending("a", age_s=5)
+    placed = msgspec.structs.replace(handle, pending="")  # the scaler's throttled beat is still there
+    assert health(placed, beat, NOW, T) is Health.STARTING
+    late = msgspec.structs.replace(placed, started_at=NOW - 120_000)
+    assert health(late, beat, NOW, T) is Health.UNHEALTHY
+
+
+def test_pending_beside_a_ready_worker_keeps_the_endpoint_running_and_says_why() -> None:
+    plan = reconcile(ep(), 2, [w("a"), pending("b")], NOW, T)
+    assert plan.status is EndpointStatus.RUNNING and started(plan) == 0
+    assert plan.reason.startswith("1 worker(s) waiting for placement")
+    assert reconcile(ep(), 1, [w("a")], NOW, T).reason == ""
