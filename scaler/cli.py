@@ -1,4 +1,4 @@
-"""`podq scaler [--backends process,docker] [--tick 1.0]`: run the autoscaler (one leader at a time)."""
+"""`podq scaler [--backends process,docker,swarm] [--tick 1.0]`: run the autoscaler (one leader at a time)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ def make_backends(names: list[str], settings: Settings) -> dict[str, Backend]:
             from scaler.backends.docker import DockerBackend
 
             backends[name] = DockerBackend()
+        elif name == "swarm":
+            from scaler.backends.swarm import SwarmBackend
+
+            # PODQ_DOCKER_* (a swarm manager's engine) and PODQ_SWARM_*; the services' stop grace
+            backends[name] = SwarmBackend(grace_s=settings.grace_period_s)
         else:
-            raise PodqError(f"unknown backend {name!r}; use process or docker")
+            raise PodqError(f"unknown backend {name!r}; use process, docker or swarm")
     return backends
 
 
@@ -51,7 +56,7 @@ async def run_scaler(settings: Settings, backend_names: list[str], tick_s: float
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="podq scaler", description="Run podq's autoscaler.")
-    p.add_argument("--backends", default="process", help="comma-separated: process, docker")
+    p.add_argument("--backends", default="process", help="comma-separated: process, docker, swarm (docs/scaling.md)")
     p.add_argument("--tick", type=float, default=1.0, help="seconds between reconciliations")
     args = p.parse_args(argv)
     logs.configure()

@@ -335,7 +335,7 @@ class DockerBackend:
             with _engine_errors(f"reading logs of worker {worker}", self.host):
                 chunks = await container.log(stdout=True, stderr=True, tail=tail, timestamps=True)
             lines += [(worker, line) for line in "".join(chunks).splitlines() if line]
-        return sorted(lines, key=lambda pair: _log_time(pair[1]))
+        return sorted(lines, key=lambda pair: log_time(pair[1]))
 
     async def _summaries(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         wanted = {LABEL_MANAGED: "1", **labels}
@@ -354,7 +354,7 @@ class DockerBackend:
             self._docker = None
 
 
-def _log_time(line: str) -> str:
+def log_time(line: str) -> str:
     # RFC 3339 as Docker writes it drops trailing zeros ("...09.94Z"); pad so strings sort as times
     whole, _, fraction = line.split(" ", 1)[0].rstrip("Z").partition(".")
     return f"{whole}.{fraction:0<9}"

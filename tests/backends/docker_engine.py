@@ -10,6 +10,12 @@ No registry is reachable from CI, so the worker image is made locally: `docker i
 empty tar, run with the host's own Python, the repository and its venv bind-mounted read-only
 (docs: shared/reference/docker-engine-in-tests.md). When the engine cannot start or cannot run
 a container here, every test that uses it skips with the reason and the tail of dockerd's log.
+
+The `swarm_engine` fixture turns the same engine into a one-node swarm (`swarm init` on
+127.0.0.1) for the swarm backend, and leaves the swarm at the end of the session. The engine
+advertises two fake GPUs as Swarm generic resources (`FAKE_GPUS`), which only Swarm reads, and
+prefers local images for services (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: no registry lookup
+before each task, which stalls where DNS is slow to fail).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -36,8 +42,13 @@ from scaler.backends.docker import DockerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "podq-test-worker:1"
-DOCKERD_FLAGS = ["--storage-driver=vfs", "--iptables=false", "--bridge=none"]
+GPU_KIND = "NVIDIA-GPU"
+FAKE_GPUS = ["GPU-fake-0", "GPU-fake-1"]
+DOCKERD_FLAGS = ["--storage-driver=vfs", "--iptables=false", "--bridge=none",
+                 *(f"--node-generic-resource={GPU_KIND}={gpu}" for gpu in FAKE_GPUS)]
 READY_TIMEOUT_S = 30.0
+# interfaces a swarm-mode dockerd makes in the host's network namespace and leaves there
+SWARM_LINKS = ["docker_gwbridge"]
 
 
 class EngineUnavailable(Exception):
@@ -56,6 +67,8 @@ class DockerEngine:
     log: Path | None = None
     started_in_s: float = 0.0
     installed_in_s: float = 0.0
+    # host interfaces this session's swarm made (deleted with the engine)
+    made_links: list[str] = field(default_factory=list)
 
     @property
     def socket_path(self) -> str:
@@ -133,9 +146,11 @@ def _spawn(dockerd: str, root: Path) -> subprocess.Popen[bytes]:
     cmd = [dockerd, *DOCKERD_FLAGS, f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
            f"--pidfile={root / 'dockerd.pid'}", f"--config-file={root / 'daemon.json'}",
            f"-H=unix://{root / 'docker.sock'}"]
+    # swarm tasks use the local image instead of asking a registry first (none is reachable)
+    env = {**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
     with open(root / "dockerd.log", "wb") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
 
 
 def _wait_ready(engine: DockerEngine) -> None:
@@ -231,6 +246,8 @@ def stop_engine(engine: DockerEngine) -> None:
     if engine.root is not None:
         _unmount_under(engine.root)
         shutil.rmtree(engine.root, ignore_errors=True)
+    for link in engine.made_links:
+        subprocess.run(["ip", "link", "delete", link], capture_output=True, timeout=10)
 
 
 def _unmount_under(root: Path) -> None:
@@ -264,3 +281,101 @@ def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
                         f"answered /_ping in {engine.started_in_s:.2f} s")
     yield engine
     stop_engine(engine)
+
+
+# -- swarm mode --------------------------------------------------------------------------------
+
+
+@dataclass
+class SwarmNode:
+    """The session's engine as the one node (a manager) of a swarm."""
+
+    engine: DockerEngine
+    node_id: str
+    initialised: bool  # this session ran `swarm init` (and leaves the swarm at the end)
+    init_in_s: float = 0.0
+
+    def node(self) -> dict:
+        """The node as `GET /nodes/<id>` shows it."""
+        status, body = api(self.engine.socket_path, "GET", f"/nodes/{self.node_id}")
+        if status != 200:
+            raise EngineUnavailable(f"inspecting swarm node {self.node_id} failed: {status} {body!r}")
+        return json.loads(body)
+
+    def set_label(self, key: str, value: str | None) -> None:
+        """`docker node update --label-add key=value` (or `--label-rm key` for None)."""
+        node = self.node()
+        spec = node["Spec"]
+        labels = dict(spec.get("Labels") or {})
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = value
+        spec["Labels"] = labels
+        status, body = api(self.engine.socket_path, "POST",
+                           f"/nodes/{self.node_id}/update?version={node['Version']['Index']}",
+                           json.dumps(spec).encode())
+        if status != 200:
+            raise EngineUnavailable(f"labelling swarm node {self.node_id} failed: {status} {body!r}")
+
+    def generic_resources(self, kind: str = GPU_KIND) -> list[str]:
+        """The ids of the `kind` resources the node advertises."""
+        resources = (self.node().get("Description") or {}).get("Resources") or {}
+        return sorted(r["NamedResourceSpec"]["Value"] for r in resources.get("GenericResources") or []
+                      if (r.get("NamedResourceSpec") or {}).get("Kind") == kind)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _links() -> set[str]:
+    return {p.name for p in Path("/sys/class/net").iterdir()} if Path("/sys/class/net").is_dir() else set()
+
+
+def join_swarm(engine: DockerEngine) -> SwarmNode:
+    """Make `engine` a one-node swarm on 127.0.0.1 (or use the swarm it is already part of)."""
+    status, body = api(engine.socket_path, "GET", "/info")
+    if status != 200:
+        raise EngineUnavailable(f"GET /info failed: {status} {body!r}")
+    swarm = json.loads(body).get("Swarm") or {}
+    if swarm.get("LocalNodeState") == "active":
+        if not swarm.get("ControlAvailable"):
+            raise EngineUnavailable("the engine is a swarm worker, not a manager: the swarm backend needs a manager")
+        return SwarmNode(engine=engine, node_id=swarm["NodeID"], initialised=False)
+    before = _links()
+    address = f"127.0.0.1:{_free_port()}"
+    began = time.monotonic()
+    status, body = api(engine.socket_path, "POST", "/swarm/init",
+                       json.dumps({"ListenAddr": address, "AdvertiseAddr": address}).encode())
+    took = time.monotonic() - began
+    if engine.process is not None:  # our own engine: its swarm's interfaces go with it
+        engine.made_links += [link for link in SWARM_LINKS if link not in before]
+    if status != 200:
+        raise EngineUnavailable(f"swarm init failed: {status} {body[-800:]!r}")
+    return SwarmNode(engine=engine, node_id=json.loads(body), initialised=True, init_in_s=took)
+
+
+def leave_swarm(node: SwarmNode) -> None:
+    """`docker swarm leave --force`, when this session made the swarm."""
+    if not node.initialised:
+        return
+    try:
+        api(node.engine.socket_path, "POST", "/swarm/leave?force=1", timeout=30)
+    except OSError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def swarm_engine(docker_engine: DockerEngine, request: pytest.FixtureRequest) -> Iterator[SwarmNode]:
+    """The session's engine in swarm mode; the tests using it skip, loudly, where Swarm cannot run."""
+    try:
+        node = join_swarm(docker_engine)
+    except (EngineUnavailable, OSError, ValueError) as e:
+        pytest.skip(f"no swarm for the swarm backend tests: {e}\n--- dockerd log tail ---\n"
+                    f"{_log_tail(docker_engine.log)}")
+    say(request.config, f"swarm init in {node.init_in_s:.2f} s (node {node.node_id})")
+    yield node
+    leave_swarm(node)

@@ -1,7 +1,8 @@
 """One contract every backend meets (start, list, stop, adopt), run against each of them.
 
-The docker backend joins through the `docker_backend` fixture (tests/backends/conftest.py),
-which skips with the reason when no Docker engine can run here.
+The docker and swarm backends join through the `docker_backend` and `swarm_backend` fixtures
+(tests/backends/conftest.py), which skip with the reason when no Docker engine, or no swarm,
+can run here. On Swarm each worker is a one-replica service on the suite's one-node swarm.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from serverless.model import RunRequest, Status
 HANDLER = Path(__file__).resolve().parents[1] / "scaler" / "handlers" / "work.py"
 
 
-@pytest.fixture(params=["process", "docker"])
+@pytest.fixture(params=["process", "docker", "swarm"])
 async def backend(request, redis_url, tmp_path):
     if request.param == "process":
         made = ProcessBackend(redis_url, log_dir=str(tmp_path))
     else:
-        made = request.getfixturevalue("docker_backend")
+        made = request.getfixturevalue(f"{request.param}_backend")
     yield made
     for handle in await made.list():
         await made.stop(handle, 1)
