@@ -26,6 +26,7 @@ from scaler.backends.base import (
     WorkerSpec,
 )
 from scaler.backends.docker import DockerBackend, DockerOptions
+from scaler.logs_cli import read_logs
 from scaler.backends.swarm import (
     GpuNode,
     SwarmBackend,
@@ -403,6 +404,8 @@ async def test_a_service_as_the_engine_shows_it_its_logs_and_the_docker_backend_
 
     [(worker, line)] = await until(logged)
     assert worker == "w-logs" and line.split(" ", 1)[0].endswith("Z")  # the engine's timestamp
+    printed = await read_logs(endpoint, 50, swarm_engine.engine.options(), "swarm")  # podq logs
+    assert any(row.startswith("w-logs | ") and row.endswith("hello-from-swarm") for row in printed)
     docker = DockerBackend(swarm_engine.engine.options())
     try:  # the task's container is podq.managed=swarm: never a docker-backend worker
         assert [h for h in await docker.list() if h.endpoint_id == endpoint] == []
