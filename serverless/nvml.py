@@ -7,6 +7,8 @@ never raises, so workers and the scaler run unchanged on machines without a GPU.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from serverless.model import GpuInfo
@@ -63,6 +65,27 @@ def gpus(visible: str | None = None) -> list[GpuInfo]:
         return found
     wanted = [v.strip() for v in visible.split(",") if v.strip()]
     return [g for g in found if str(g.index) in wanted or g.uuid in wanted]
+
+
+def adopt_swarm_gpus(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Make the GPUs Docker Swarm assigned this worker's container the ones CUDA uses.
+
+    Swarm hands a task its generic resources as `DOCKER_RESOURCE_<kind>` (kind NVIDIA-GPU, or
+    PODQ_SWARM_GPU_KIND): the device uuids. Unless the node's NVIDIA runtime is configured to
+    expose only those, the container sees every GPU, so the worker sets CUDA_VISIBLE_DEVICES to
+    them itself, before the handler loads CUDA (soft isolation: NVML still lists all GPUs). An
+    explicit CUDA_VISIBLE_DEVICES is left alone.
+
+    Returns:
+        The value set, or None when nothing was changed.
+    """
+    env = os.environ if environ is None else environ
+    kind = env.get("PODQ_SWARM_GPU_KIND") or "NVIDIA-GPU"
+    assigned = env.get(f"DOCKER_RESOURCE_{kind}", "").strip()
+    if not assigned or "CUDA_VISIBLE_DEVICES" in env:
+        return None
+    env["CUDA_VISIBLE_DEVICES"] = assigned
+    return assigned
 
 
 def reset() -> None:

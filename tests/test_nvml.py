@@ -59,3 +59,16 @@ def test_devices_reported_and_filtered_by_visible(monkeypatch: pytest.MonkeyPatc
     ]
     assert [g.uuid for g in nvml.gpus("1")] == ["GPU-bbb"]
     assert [g.index for g in nvml.gpus("GPU-aaa")] == [0]
+
+
+def test_a_swarm_tasks_assigned_gpus_become_cuda_visible_devices() -> None:
+    from serverless.nvml import adopt_swarm_gpus
+
+    env = {"DOCKER_RESOURCE_NVIDIA-GPU": "GPU-aaa,GPU-bbb"}
+    assert adopt_swarm_gpus(env) == "GPU-aaa,GPU-bbb"
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-aaa,GPU-bbb"
+    explicit = {"DOCKER_RESOURCE_NVIDIA-GPU": "GPU-aaa", "CUDA_VISIBLE_DEVICES": "0"}
+    assert adopt_swarm_gpus(explicit) is None and explicit["CUDA_VISIBLE_DEVICES"] == "0"
+    other_kind = {"PODQ_SWARM_GPU_KIND": "gpu", "DOCKER_RESOURCE_gpu": "GPU-ccc"}
+    assert adopt_swarm_gpus(other_kind) == "GPU-ccc"
+    assert adopt_swarm_gpus({}) is None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from serverless import keys
+from serverless import keys, nvml
 from serverless.codec import encode_json
 from serverless.errors import ConfigError, PodqError
 from serverless.model import WorkerBeat, WorkerState
@@ -48,6 +48,7 @@ def run_file(handler: str, endpoint: str | None, redis: str | None, worker_id: s
         sys.exit("podq worker: no endpoint: pass --endpoint ID or set PODQ_ENDPOINT_ID")
     if compat.uses_runpod(path.read_text(errors="replace")):
         compat.install()
+    nvml.adopt_swarm_gpus()  # before the handler file loads CUDA
     try:  # before the handler file loads its model: the cap covers that too
         apply_memory_cap(load_settings().worker_memory_mb)
     except ConfigError as e:

@@ -14,7 +14,7 @@ import sys
 import uuid
 from typing import Any
 
-from serverless import eventloop, logs
+from serverless import eventloop, logs, nvml
 from serverless.errors import ConfigError, PodqError
 from serverless.queue import connect, connect_single
 from serverless.settings import Settings, load_settings
@@ -43,6 +43,7 @@ def start(config: dict[str, Any]) -> None:
     """Entry point of a handler file: `serverless.start({"handler": fn, ...})`."""
     global _started
     _started = True
+    nvml.adopt_swarm_gpus()  # (a worker run as `python handler.py`: before any job runs)
     handler_config = parse_config(config)
     logs.configure()
     argv = sys.argv[1:]
