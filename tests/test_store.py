@@ -311,18 +311,30 @@ async def test_requeue_on_drain_does_not_count_a_try(store: JobStore, endpoint: 
     assert (again.id, again.attempt) == (rec.id, 2)
 
 
-async def test_each_submit_rings_the_doorbell_up_to_its_cap_and_an_empty_take_clears_it(
+async def test_the_doorbell_rings_for_an_empty_queue_and_a_take_rings_for_what_it_leaves(
     store: JobStore, endpoint: str
 ) -> None:
     from serverless import keys
 
-    for _ in range(keys.BELL_CAP + 10):
+    bell = keys.bell(endpoint)
+    for _ in range(30):
         await store.submit(endpoint, req())
-    assert await store.redis.llen(keys.bell(endpoint)) == keys.BELL_CAP
-    assert len(await store.take_many(endpoint, "w", keys.BELL_CAP + 10)) == keys.BELL_CAP + 10
-    assert await store.redis.llen(keys.bell(endpoint)) == keys.BELL_CAP  # queue drained exactly
-    assert await store.take_many(endpoint, "w", 1) == []
-    assert await store.redis.llen(keys.bell(endpoint)) == 0
+    assert await store.redis.llen(bell) == 1  # the first job rang; the others found it queued
+    assert await store.redis.blpop([bell], timeout=1) is not None  # an idle worker wakes ...
+    assert len(await store.take_many(endpoint, "w1", 10)) == 10  # ... has room for 10 of 30
+    assert await store.redis.llen(bell) == 1  # and rings for the next idle worker
+    assert len(await store.take_many(endpoint, "w2", 20)) == 20  # the rest: the queue is empty
+    assert await store.redis.llen(bell) == 0  # an empty queue silences the bell
+    await store.submit(endpoint, req())
+    assert await store.redis.llen(bell) == 1
+    for _ in range(keys.BELL_CAP + 10):  # rings from takes that leave jobs are capped
+        await store.submit(endpoint, req())
+        await store.redis.lpush(bell, "1")
+    assert await store.redis.llen(bell) == keys.BELL_CAP + 11
+    assert len(await store.take_many(endpoint, "w1", 1)) == 1
+    assert await store.redis.llen(bell) == keys.BELL_CAP
+    assert len(await store.take_many(endpoint, "w1", 1000)) == keys.BELL_CAP + 10
+    assert await store.redis.llen(bell) == 0
 
 
 async def test_runpod_take_keeps_the_deadline_and_the_hand_off(store: JobStore, endpoint: str) -> None:

@@ -182,11 +182,11 @@ async def job_done(request: web.Request) -> web.Response:
         ok = await store.progress(job_id, held.attempt, event.output)
         return _json(Accepted(ok, "" if ok else f"job is {held.status}: progress ignored"))
     assert isinstance(event, Final)
+    if event.stop_pod:  # before the result is out: whoever sees it sees the worker retiring
+        await _ask_to_recycle(store, endpoint, worker)
     result = await store.finish(
         job_id, held.attempt, event.status, output=event.output, error=event.error
     )
-    if event.stop_pod:
-        await _ask_to_recycle(store, endpoint, worker)
     if result.outcome == "ok":
         return _json(Accepted(True))
     return _json(Accepted(False, f"job is already {result.status}: the first result stands"))

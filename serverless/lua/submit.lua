@@ -1,4 +1,6 @@
--- A new job: its record, its queue entry, the doorbell.
+-- A new job: its record, its queue entry, and the doorbell when the queue was empty (a worker
+-- woken for the first queued job takes every queued job it has slots for, and rings again for
+-- the ones it leaves: take.lua; ringing for each job woke an idle worker per job).
 -- KEYS[1] job hash
 -- ARGV: endpoint, id, score, fresh ('1': the id was just generated, a uuid4 no job can have,
 --       so it is not looked up), then field/value pairs of the new record
@@ -9,6 +11,6 @@ register('submit', function(KEYS, ARGV)
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
   redis.call('ZADD', K_queue(ep), ARGV[3], id)
   redis.call('SADD', ENDPOINTS, ep)
-  ring(ep)
+  if redis.call('ZCARD', K_queue(ep)) == 1 then ring(ep) end
   return 1
 end)

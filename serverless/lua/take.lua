@@ -61,13 +61,12 @@ register('take', function(KEYS, ARGV)
         skipped = skipped + 1
       end
     end
-    if #popped < 2 * want then
-      -- the queue is empty: rings left on the doorbell would only wake workers to find nothing
-      -- (each submit rings again)
-      redis.call('DEL', K_bell(ep))
-      break
-    end
+    if #popped < 2 * want then break end
   end
+  -- submits ring only when the queue was empty, so whoever takes rings for what it leaves (the
+  -- next idle worker takes the rest); an empty queue silences the bell (a ring left there would
+  -- only wake a worker to find nothing)
+  if redis.call('EXISTS', KEYS[1]) == 1 then ring(ep) else redis.call('DEL', K_bell(ep)) end
   bulk('ZADD', KEYS[2], nil, leases)
   if remote and #remote.ids > 0 then
     bulk('ZADD', KEYS[3], nil, remote.deadlines)
