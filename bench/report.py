@@ -67,7 +67,8 @@ def section_markdown(section: Section) -> str:
     peers: list[str] = []
     for row in section.rows:
         peers += [p for p in row.peers if p not in peers]
-    head = "| metric | podq | " + " | ".join(f"{p} | podq vs {p}" for p in peers) + " | target |"
+    columns = ["metric", "podq"] + [c for p in peers for c in (p, f"podq vs {p}")] + ["target"]
+    head = "| " + " | ".join(columns) + " |"
     lines = [f"## {section.title}", "", section.description, ""]
     if section.rows:
         lines += [head, "|---|---:|" + "---:|---:|" * len(peers) + "---|"]
@@ -79,8 +80,9 @@ def section_markdown(section: Section) -> str:
             verdict = "" if row.met is None else (" (met)" if row.met else " (MISSED)")
             cells.append(row.target + verdict)
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("Ratios: above 1.00x podq is ahead (peer time / podq time, podq rate / peer rate).")
+        if peers:
+            lines.append("")
+            lines.append("Ratios: above 1.00x podq is ahead (peer time / podq time, podq rate / peer rate).")
     for chart in section.charts:
         lines += ["", f"![{chart.title}]({chart.name}.png)"]
     if section.notes:

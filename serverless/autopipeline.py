@@ -23,11 +23,18 @@ a client disconnects is.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ResponseError
+
+# redis-py < 5.3 requires a command name for a pool connection; 5.3+ deprecates passing one
+_NAME = inspect.signature(ConnectionPool.get_connection).parameters.get("command_name")
+_POOL_ARGS: tuple[str, ...] = (
+    ("PIPELINE",) if _NAME is not None and _NAME.default is inspect.Parameter.empty else ())
 
 MAX_BATCH = 512  # commands per pipeline; a bigger turn is split, so no reply grows unbounded
 
@@ -80,7 +87,7 @@ class AutoPipeline:
         reply is returned in its place). A connection that fails midway is closed, not reused:
         its unread replies would answer the next user's commands."""
         pool = self.redis.connection_pool
-        connection = await pool.get_connection("PIPELINE")
+        connection = await pool.get_connection(*_POOL_ARGS)
         try:
             await connection.send_packed_command(
                 b"".join([hiredis.pack_command(args) for args, _ in batch]), check_health=False)

@@ -169,8 +169,9 @@ async def test_create_endpoint_with_its_own_id_and_settings(
     ({"template_id": "tpl-nope"},
      "template 'tpl-nope' does not exist; create it first (create_template)"),
     ({"gpu_ids": "AMPERE_99"}, "unknown GPU pool 'AMPERE_99' in gpu_ids; use ANY, a GPU name or "
-                               "one of ADA_24, ADA_48_PRO, ADA_80_PRO, AMPERE_16, AMPERE_24, "
-                               "AMPERE_48, AMPERE_80, HOPPER_141"),
+                               "one of ADA_24, ADA_32_PRO, ADA_48_PRO, ADA_80_PRO, AMPERE_16, "
+                               "AMPERE_24, AMPERE_48, AMPERE_80, BLACKWELL_180, BLACKWELL_96, "
+                               "HOPPER_141"),
     ({"id": "a b"}, "endpoint id 'a b' is invalid: use 1-128 letters, digits, '_.:-'"),
     ({"workers_max": "3"}, "invalid request body: Expected `int`, got `str` - at `$.workers_max`"),
     ({"version": 7}, "invalid request body: Object contains unknown field `version`"),
