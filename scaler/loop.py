@@ -234,6 +234,7 @@ class Scaler:
             handler=template.handler, gpu_uuids=gpu_uuids, gpu_count=gpu_count, gpu_names=gpu_names,
             env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
             labels=dict(endpoint.labels), protocol=template.protocol.value,
+            cpus=endpoint.cpus, memory_mb=round(endpoint.memory_gb * 1024),
         )
         if template.protocol is WorkerProtocol.RUNPOD:
             # the image's own entrypoint runs unchanged; it finds podq through RunPod's env

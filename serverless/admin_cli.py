@@ -36,9 +36,11 @@ ENDPOINT_OPTIONS: tuple[Option, ...] = (
     ("--scaler-value", float, "QUEUE_DELAY: seconds a job may wait (default 4); "
                               "REQUEST_COUNT: jobs per worker"),
     ("--execution-timeout-ms", int, "a job's longest run in ms (default 600000)"),
+    ("--cpus", float, "CPU cores per worker, e.g. 0.5 or 4 (container backends; default 0: no limit)"),
+    ("--memory-gb", float, "memory per worker in GB (container backends; default 0: no limit)"),
     ("--flashboot", bool, "RunPod's FlashBoot flag (kept as given)"),
     ("--labels", dict, "a label KEY=VALUE (repeat the option for more)"),
-    ("--backend", str, "process (default), docker or kubernetes"),
+    ("--backend", str, "process (default), docker, swarm or kubernetes"),
     ("--paused", bool, "paused: no workers, jobs stay queued"),
     ("--rate-limits", str, "gateway rate limits: runpod, a spec like run=500/10,runsync=1000/10, "
                            "or off; '' for the gateway's default (PODQ_RATE_LIMITS)"),

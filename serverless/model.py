@@ -238,6 +238,11 @@ class EndpointConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     scaler_type: ScalerType = ScalerType.QUEUE_DELAY
     scaler_value: float = 4
     execution_timeout_ms: int = 600_000
+    # each worker's CPU cores and memory (requests = limits on Kubernetes); 0: no limit. Only
+    # container backends apply them (docker, swarm, kubernetes); the registry refuses them on
+    # the process backend
+    cpus: float = 0.0
+    memory_gb: float = 0.0
     flashboot: bool = False
     labels: dict[str, str] = {}
     backend: str = "process"

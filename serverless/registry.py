@@ -84,6 +84,12 @@ def check_endpoint(e: EndpointConfig, template_exists: bool) -> None:
     for name in ("workers_min", "workers_max", "idle_timeout", "gpu_count", "execution_timeout_ms"):
         if getattr(e, name) < 0:
             raise BadRequest(f"{name} is {getattr(e, name)}; it cannot be negative")
+    for name in ("cpus", "memory_gb"):
+        if getattr(e, name) < 0:
+            raise BadRequest(f"{name} is {getattr(e, name)}; use 0 (no limit) or more")
+    if (e.cpus or e.memory_gb) and e.backend == "process":
+        raise BadRequest("cpus and memory_gb limit a worker's container; the process backend cannot "
+                         "apply them: set backend to docker, swarm or kubernetes, or set them to 0")
     if e.workers_min > e.workers_max:
         raise BadRequest(f"workers_min ({e.workers_min}) is above workers_max ({e.workers_max})")
     if e.scaler_value <= 0:

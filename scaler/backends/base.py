@@ -45,6 +45,8 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     # the GPU models it may get (exact names, scaler/gpus.same_model); None: any model
     gpu_names: list[str] | None = None
     labels: dict[str, str] = {}
+    cpus: float = 0.0  # CPU cores the worker may use (0: no limit; container backends only)
+    memory_mb: int = 0  # its memory limit in MiB (0: no limit; container backends only)
     # "runpod": an unmodified RunPod worker (its own command / the image's CMD, RunPod's env in
     # `env`); each start must be a fresh process or container, never a restart of the old one
     protocol: str = "podq"

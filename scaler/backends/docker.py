@@ -166,6 +166,10 @@ def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) 
     }
     if spec.gpu_uuids:
         host_config["DeviceRequests"] = device_requests(spec.gpu_uuids)
+    if spec.cpus:
+        host_config["NanoCpus"] = round(spec.cpus * 1e9)
+    if spec.memory_mb:
+        host_config["Memory"] = spec.memory_mb * 1024 * 1024
     config: dict[str, Any] = {
         "Image": spec.image or options.image,
         "Env": [f"{k}={v}" for k, v in worker_env(spec).items()],

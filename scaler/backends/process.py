@@ -57,6 +57,9 @@ class ProcessBackend:
             )
         if not spec.command and not spec.handler:
             raise BackendError(f"worker {spec.worker_id}: the template has no handler file or command")
+        if spec.cpus or spec.memory_mb:
+            raise BackendError(f"worker {spec.worker_id}: the process backend cannot limit cpus or "
+                               "memory; use a container backend (docker, swarm, kubernetes)")
         command = spec.command or [self.python, "-m", "worker", spec.handler or ""]
         env = {**os.environ, **spec.env, **self._labels(spec)}
         if spec.gpu_uuids:

@@ -253,9 +253,16 @@ def service_spec(spec: WorkerSpec, options: DockerOptions, swarm: SwarmOptions, 
         "RestartPolicy": {"Condition": "none"},  # podq owns retries: every start is a fresh task
         "Networks": [{"Target": options.network_mode}],
     }
+    resources: dict[str, Any] = {}
     if spec.gpu_count:
-        task["Resources"] = {"Reservations": {"GenericResources": [
-            {"DiscreteResourceSpec": {"Kind": swarm.gpu_kind, "Value": spec.gpu_count}}]}}
+        resources["Reservations"] = {"GenericResources": [
+            {"DiscreteResourceSpec": {"Kind": swarm.gpu_kind, "Value": spec.gpu_count}}]}
+    limits = {"NanoCPUs": container["HostConfig"].get("NanoCpus"),
+              "MemoryBytes": container["HostConfig"].get("Memory")}
+    if any(limits.values()):  # the container's limits, as Swarm's task resources
+        resources["Limits"] = {k: v for k, v in limits.items() if v}
+    if resources:
+        task["Resources"] = resources
     if constraints:
         task["Placement"] = {"Constraints": list(constraints)}
     return {"Name": service_name(spec), "Labels": labels, "TaskTemplate": task,

@@ -33,7 +33,7 @@ ADMIN_MAX_BYTES = 1 * MB
 SERVER_FIELDS = frozenset({"id", "version", "status", "status_reason", "created_at", "updated_at"})
 # a change to one of these means running workers are out of date: `version` is bumped and the
 # scaler replaces them (a template's content counts too, see update_template)
-ROLLING_FIELDS = ("template_id", "gpu_ids", "gpu_count", "backend")
+ROLLING_FIELDS = ("template_id", "gpu_ids", "gpu_count", "backend", "cpus", "memory_gb")
 # decoded as text, so an unknown value gets the registry's message (which lists the choices)
 _AS_TEXT: dict[str, Any] = {
     "scaler_type": Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(ScalerType)})],

@@ -139,7 +139,8 @@ async def test_create_endpoint_answers_every_field_with_runpods_defaults(gateway
     assert body | {"id": "x", "template_id": "t", "created_at": 0, "updated_at": 0} == {
         "id": "x", "name": "echo", "template_id": "t", "gpu_ids": "ANY", "gpu_count": 1,
         "workers_min": 0, "workers_max": 3, "idle_timeout": 5, "scaler_type": "QUEUE_DELAY",
-        "scaler_value": 4.0, "execution_timeout_ms": 600000, "flashboot": False, "labels": {},
+        "scaler_value": 4.0, "execution_timeout_ms": 600000, "cpus": 0.0, "memory_gb": 0.0,
+        "flashboot": False, "labels": {},
         "backend": "process", "paused": False, "rate_limits": None, "version": 1,
         "status": "pending", "status_reason": "", "created_at": 0, "updated_at": 0,
     }
@@ -150,9 +151,10 @@ async def test_create_endpoint_with_its_own_id_and_settings(
 ) -> None:
     body = await make_endpoint(
         gateway, id="ep-mine", scaler_type="REQUEST_COUNT", scaler_value=2, workers_min=1,
-        gpu_ids="AMPERE_24,L4", labels={"team": "a"}, backend="docker",
+        gpu_ids="AMPERE_24,L4", labels={"team": "a"}, backend="docker", cpus=0.5, memory_gb=8,
     )
     stored = await registry.require_endpoint("ep-mine")
+    assert (stored.cpus, stored.memory_gb) == (0.5, 8.0)
     assert stored.scaler_type == "REQUEST_COUNT" and stored.gpu_ids == "AMPERE_24,L4"
     assert (body["id"], body["workers_min"], body["labels"]) == ("ep-mine", 1, {"team": "a"})
     again = await gateway.call("POST", "/v1/endpoints", json={
@@ -172,6 +174,9 @@ async def test_create_endpoint_with_its_own_id_and_settings(
                                "one of ADA_24, ADA_32_PRO, ADA_48_PRO, ADA_80_PRO, AMPERE_16, "
                                "AMPERE_24, AMPERE_48, AMPERE_80, BLACKWELL_180, BLACKWELL_96, "
                                "HOPPER_141"),
+    ({"cpus": -1}, "cpus is -1.0; use 0 (no limit) or more"),
+    ({"memory_gb": 4}, "cpus and memory_gb limit a worker's container; the process backend cannot "
+                       "apply them: set backend to docker, swarm or kubernetes, or set them to 0"),
     ({"id": "a b"}, "endpoint id 'a b' is invalid: use 1-128 letters, digits, '_.:-'"),
     ({"workers_max": "3"}, "invalid request body: Expected `int`, got `str` - at `$.workers_max`"),
     ({"version": 7}, "invalid request body: Object contains unknown field `version`"),

@@ -235,6 +235,18 @@ async def test_gpu_device_request_reaches_the_engine(backends, docker_engine: Do
     assert adopted.gpu_uuids == GPUS and adopted.running is False  # created, never started
 
 
+def test_cpu_and_memory_limits_become_nanocpus_and_memory() -> None:
+    config = container_config(make_spec("ep1", "w1", cpus=1.5, memory_mb=2048), DockerOptions(), 0)
+    assert (config["HostConfig"]["NanoCpus"], config["HostConfig"]["Memory"]) == (1_500_000_000, 2 << 30)
+
+
+async def test_cpu_and_memory_limits_reach_the_engine(backends, docker_engine: DockerEngine,
+                                                      endpoint: str) -> None:
+    handle = await backends().create(make_spec(endpoint, "w-limits", cpus=0.5, memory_mb=256))
+    host_config = (await inspect(docker_engine, handle.ref))["HostConfig"]
+    assert (host_config["NanoCpus"], host_config["Memory"]) == (500_000_000, 256 << 20)
+
+
 async def test_gpu_start_without_the_toolkit_fails_cleanly(backends, endpoint: str) -> None:
     backend = backends()
     with pytest.raises(BackendError) as caught:

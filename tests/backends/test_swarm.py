@@ -104,6 +104,13 @@ def test_a_cpu_worker_reserves_nothing_and_the_image_cmd_stays() -> None:
         {"DiscreteResourceSpec": {"Kind": "AMD-GPU", "Value": 1}}]
 
 
+def test_cpu_and_memory_limits_are_the_tasks_resource_limits() -> None:
+    spec = make_spec("ep1", "w1", gpu_count=1, cpus=2, memory_mb=1024)
+    task = service_spec(spec, DockerOptions(), OPTS, grace_s=1, constraints=[], created_at=1)["TaskTemplate"]
+    assert task["Resources"]["Limits"] == {"NanoCPUs": 2_000_000_000, "MemoryBytes": 1 << 30}
+    assert task["Resources"]["Reservations"]["GenericResources"][0]["DiscreteResourceSpec"]["Value"] == 1
+
+
 @pytest.mark.parametrize("endpoint, worker", [
     ("ep1", "w1"),
     ("Ep_1", "ep.1-W"),

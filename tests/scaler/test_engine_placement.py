@@ -73,7 +73,7 @@ async def scaler(store: JobStore, settings: Settings):
     await registry.put_template(Template(id="t-gpu", name="gpu", image_name="example/llm:1"))
     endpoint = await registry.put_endpoint(EndpointConfig(
         id="ep-gpu", name="gpu", template_id="t-gpu", gpu_ids="ADA_80_PRO,HOPPER_141", gpu_count=2,
-        workers_min=1, workers_max=2, backend="cluster"))
+        workers_min=1, workers_max=2, backend="cluster", cpus=4, memory_gb=1.5))
     # the scaler's own host has no GPU: with the process backend this endpoint would fail
     loop = Scaler(registry, store, {"cluster": engine}, settings, tick_s=0.05,
                   timing=Timing(stale_after_ms=6_000, ready_timeout_ms=400), inventory=lambda: [])
@@ -90,6 +90,7 @@ async def test_the_engine_gets_the_request_and_a_worker_it_cannot_place_waits(sc
     await until(lambda: _started(engine))
     spec = engine.specs[0]
     assert (spec.gpu_count, spec.gpu_names, spec.gpu_uuids) == (2, ["H100", "H200"], [])
+    assert (spec.cpus, spec.memory_mb) == (4, 1536)  # the endpoint's limits, for the engine
     got = await until(lambda: _with_reason(registry, endpoint.id))
     assert got.status is EndpointStatus.INITIALIZING
     assert got.status_reason == f"1 worker(s) waiting for placement: {REASON}"
