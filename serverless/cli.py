@@ -23,6 +23,12 @@ def _worker_env(argv: list[str]) -> None:
     env_main(argv)
 
 
+def _deploy(argv: list[str]) -> None:
+    from serverless.deploy.cli import main
+
+    main(argv)
+
+
 def _dev(argv: list[str]) -> None:
     from serverless.dev import main
 
@@ -66,13 +72,15 @@ def _keys(argv: list[str]) -> None:
 
 
 COMMANDS = {
+    "deploy": (_deploy, "print the control plane for a cluster: podq deploy kubernetes "
+               "[--namespace N] [--redis-url U] > podq.yaml"),
     "dev": (_dev, "gateway + Redis + workers for one handler: podq dev handler.py"),
     "endpoint": (_endpoint, "manage endpoints: podq endpoint create|list|get|update|delete|pause|"
                  "resume|scale-to-zero"),
     "gateway": (_gateway, "run the HTTP gateway: podq gateway [--host H] [--port P]"),
     "keys": (_keys, "API keys: podq keys create [--endpoint ID] | list | revoke DIGEST"),
-    "logs": (_logs, "worker logs of an endpoint (docker backend): podq logs ENDPOINT [--tail N]"),
-    "scaler": (_scaler, "run the autoscaler: podq scaler [--backends process,docker]"),
+    "logs": (_logs, "worker logs of an endpoint (docker, swarm or kubernetes backend): podq logs ENDPOINT [--tail N]"),
+    "scaler": (_scaler, "run the autoscaler: podq scaler [--backends process,docker,swarm,kubernetes]"),
     "template": (_template, "manage templates: podq template create|list|get|update|delete"),
     "worker": (_worker, "run a handler file as a worker: podq worker handler.py --endpoint ID; "
                "an unmodified RunPod worker: podq worker --runpod --endpoint ID -- python -u handler.py"),

@@ -3,11 +3,20 @@
 The docker and swarm backends join through the `docker_backend` and `swarm_backend` fixtures
 (tests/backends/conftest.py), which skip with the reason when no Docker engine, or no swarm,
 can run here. On Swarm each worker is a one-replica service on the suite's one-node swarm.
+
+The kubernetes backend joins through `kubernetes_backend`, on a real cluster only
+(PODQ_TEST_KUBECONFIG; no API server can run here, so these cases skip and say so). Its pods
+cannot reach the suite's own redis-server, so for it the jobs and heartbeats go through the
+Redis of PODQ_TEST_K8S_REDIS_URL (the worker's side) and PODQ_TEST_K8S_REDIS_LOCAL_URL (this
+side), and the handler is the one baked into the test image. That Redis may be shared, so this
+module's `store` never flushes (every case has its own endpoint id), and a case stops only the
+workers of its own endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -16,34 +25,74 @@ import pytest
 from scaler.backends.base import WorkerSpec
 from scaler.backends.process import ProcessBackend
 from serverless.model import RunRequest, Status
+from serverless.queue import connect
+from serverless.settings import Settings
+from serverless.store import JobStore
 
 HANDLER = Path(__file__).resolve().parents[1] / "scaler" / "handlers" / "work.py"
+JOB_WAIT_S = 30.0
+# a pod may wait for a node and pull its image before it serves: more time, within the case's timeout
+K8S_JOB_WAIT_S = 120.0
 
 
-@pytest.fixture(params=["process", "docker", "swarm"])
-async def backend(request, redis_url, tmp_path):
+@pytest.fixture(params=["process", "docker", "swarm",
+                        pytest.param("kubernetes", marks=pytest.mark.timeout(300))])
+async def backend(request, redis_url, tmp_path, endpoint):
     if request.param == "process":
         made = ProcessBackend(redis_url, log_dir=str(tmp_path))
     else:
         made = request.getfixturevalue(f"{request.param}_backend")
     yield made
     for handle in await made.list():
-        await made.stop(handle, 1)
+        if handle.endpoint_id == endpoint:  # a cluster's namespace may hold other workers
+            await made.stop(handle, 1)
     await made.close()
 
 
-def spec(redis_url: str, endpoint: str, worker_id: str = "w-contract") -> WorkerSpec:
+def _backend_param(request: pytest.FixtureRequest) -> str | None:
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("backend") if callspec else None
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The suite's redis-server; for the kubernetes backend, the cluster's test Redis as this
+    process reaches it."""
+    if _backend_param(request) == "kubernetes":
+        return request.getfixturevalue("kubernetes_cluster").local_redis_url
+    return request.getfixturevalue("redis_server").url
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[JobStore]:
+    """tests/conftest.py's store without its flushdb: the cluster's test Redis may be shared."""
+    made = JobStore(await connect(settings.redis_url), settings)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+def make_spec(request: pytest.FixtureRequest, redis_url: str) -> Callable[[str, str], WorkerSpec]:
+    """spec(endpoint, worker_id) for the case's backend: on Kubernetes, the Redis the pods reach
+    and the handler in the test image."""
+    if _backend_param(request) == "kubernetes":
+        cluster = request.getfixturevalue("kubernetes_cluster")
+        return lambda endpoint, worker_id: spec(cluster.redis_url, endpoint, worker_id, cluster.handler)
+    return lambda endpoint, worker_id: spec(redis_url, endpoint, worker_id)
+
+
+def spec(redis_url: str, endpoint: str, worker_id: str = "w-contract", handler: str = str(HANDLER)) -> WorkerSpec:
     return WorkerSpec(endpoint_id=endpoint, worker_id=worker_id, version=3, redis_url=redis_url,
-                      handler=str(HANDLER), env={"PODQ_HEARTBEAT_MS": "200"})
+                      handler=handler, env={"PODQ_HEARTBEAT_MS": "200"})
 
 
-async def test_start_serve_list_stop(backend, store, endpoint, redis_url) -> None:
-    handle = await backend.start(spec(redis_url, endpoint))
+async def test_start_serve_list_stop(backend, store, endpoint, make_spec) -> None:
+    handle = await backend.start(make_spec(endpoint, "w-contract"))
     assert (handle.worker_id, handle.endpoint_id, handle.version) == ("w-contract", endpoint, 3)
     listed = [h for h in await backend.list() if h.endpoint_id == endpoint]
     assert [(h.worker_id, h.version, h.running) for h in listed] == [("w-contract", 3, True)]
     rec = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b'{"seconds": 0}')))
-    done = await store.wait(rec.id, 30)
+    done = await store.wait(rec.id, K8S_JOB_WAIT_S if backend.name == "kubernetes" else JOB_WAIT_S)
     assert done.status is Status.COMPLETED
     assert msgspec.json.decode(done.output)["worker"] == "w-contract"
     await backend.stop(handle, 2)
@@ -51,8 +100,8 @@ async def test_start_serve_list_stop(backend, store, endpoint, redis_url) -> Non
     assert await store.workers(endpoint) == []  # it drained and deregistered
 
 
-async def test_a_new_backend_instance_adopts_running_workers(backend, endpoint, redis_url) -> None:
-    await backend.start(spec(redis_url, endpoint, "w-adopt"))
+async def test_a_new_backend_instance_adopts_running_workers(backend, endpoint, redis_url, make_spec) -> None:
+    await backend.start(make_spec(endpoint, "w-adopt"))
     fresh = type(backend)(**_same_args(backend, redis_url))
     found: list = []
     for _ in range(100):  # a process's labels show in /proc once its execve is through
@@ -60,6 +109,7 @@ async def test_a_new_backend_instance_adopts_running_workers(backend, endpoint, 
         if found:
             break
         await asyncio.sleep(0.05)
+    await fresh.close()
     assert [(h.worker_id, h.version) for h in found] == [("w-adopt", 3)]
 
 
@@ -69,8 +119,8 @@ def _same_args(backend, redis_url: str) -> dict:
     return backend.constructor_args()
 
 
-async def test_stop_of_a_worker_that_already_exited_is_harmless(backend, endpoint, redis_url) -> None:
-    handle = await backend.start(spec(redis_url, endpoint, "w-gone"))
+async def test_stop_of_a_worker_that_already_exited_is_harmless(backend, endpoint, make_spec) -> None:
+    handle = await backend.start(make_spec(endpoint, "w-gone"))
     await backend.stop(handle, 1)
     await asyncio.wait_for(backend.stop(handle, 1), 30)
 
