@@ -23,7 +23,7 @@ GPUs are Swarm *generic resources*: each GPU node's dockerd advertises its devic
 (`--node-generic-resource NVIDIA-GPU=<uuid>`, one per GPU), a worker reserves `gpu_count` of
 that kind, and Swarm hands the chosen ids to the container as `DOCKER_RESOURCE_NVIDIA-GPU`.
 Isolation (which GPUs the container can see) is up to the NVIDIA runtime's config on the node
-(docs/docker.md).
+(docs/swarm.md).
 
 The model (`WorkerSpec.gpu_names`) is a node label, `gpu.product` by default, holding the
 product name as NVIDIA writes it (`NVIDIA-H100-80GB-HBM3`, matched with `scaler.gpus.same_model`).
@@ -168,7 +168,7 @@ def gpu_constraints(nodes: list[GpuNode], gpu_names: list[str] | None, options: 
         raise BackendError(
             f"no node of the swarm advertises {options.gpu_kind} resources: start each GPU node's dockerd "
             f"with --node-generic-resource {options.gpu_kind}=<GPU uuid> for each of its GPUs "
-            "(or node-generic-resources in daemon.json), see docs/docker.md")
+            "(or node-generic-resources in daemon.json), see docs/swarm.md")
     if gpu_names is None:
         return []
     products: dict[str, str] = {}  # Swarm compares constraint values ignoring case
@@ -240,7 +240,9 @@ def service_spec(spec: WorkerSpec, options: DockerOptions, swarm: SwarmOptions, 
     labels = worker_labels(spec, options.scope, created_at)
     container_spec: dict[str, Any] = {
         "Image": container["Image"],
-        "Env": container["Env"],
+        # a worker finds its GPUs as DOCKER_RESOURCE_<kind> (serverless/nvml.adopt_swarm_gpus)
+        "Env": container["Env"] + ([f"PODQ_SWARM_GPU_KIND={swarm.gpu_kind}"]
+                                   if swarm.gpu_kind != DEFAULT_GPU_KIND else []),
         "Labels": {**labels, LABEL_MANAGED: CONTAINER_MANAGED},
         "StopSignal": container["StopSignal"],
         "StopGracePeriod": int(max(0.0, grace_s) * 1e9),  # nanoseconds
@@ -309,6 +311,9 @@ def assigned_gpus(task: Mapping[str, Any], gpu_kind: str) -> list[str]:
             if (r.get("NamedResourceSpec") or {}).get("Kind") == gpu_kind]
 
 
+_GOING = frozenset({"shutdown", "remove"})  # desired states of a task Swarm is ending
+
+
 def handle_of(service: Mapping[str, Any], tasks: list[Mapping[str, Any]],
               gpu_kind: str = DEFAULT_GPU_KIND) -> WorkerHandle:
     """A WorkerHandle from one entry of `GET /services` and its tasks (pure).
@@ -317,7 +322,9 @@ def handle_of(service: Mapping[str, Any], tasks: list[Mapping[str, Any]],
       creation;
     - a task not on a node: `pending` is Swarm's reason (the task's Err, else its Message);
     - on a node, starting or running: placed, `started_at` the task's last state change;
-    - ended (complete, failed, shutdown, rejected, orphaned, remove): running=False.
+    - ended (complete, failed, shutdown, rejected, orphaned, remove), or still reported running
+      while Swarm wants it shut down (its node went down: the state stays stale until the node
+      returns): running=False.
     """
     labels = (service.get("Spec") or {}).get("Labels") or {}
     created = int(labels.get(LABEL_STARTED) or 0) or timestamp_ms(service.get("CreatedAt"))
@@ -332,7 +339,7 @@ def handle_of(service: Mapping[str, Any], tasks: list[Mapping[str, Any]],
     if state in _UNPLACED:
         reason = status.get("Err") or status.get("Message") or f"task {state}"
         return msgspec.structs.replace(base, pending=str(reason))
-    if state in _STARTING or state == _RUNNING:
+    if (state in _STARTING or state == _RUNNING) and task.get("DesiredState") not in _GOING:
         return msgspec.structs.replace(base, gpu_uuids=assigned_gpus(task, gpu_kind),
                                        started_at=timestamp_ms(status.get("Timestamp")) or created)
     return msgspec.structs.replace(base, running=False, gpu_uuids=assigned_gpus(task, gpu_kind))

@@ -18,6 +18,7 @@ from scaler.backends.docker import DockerBackend
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_pods import KubernetesOptions
 from scaler.backends.swarm import SwarmBackend
+from tests.backends.swarm_nodes import swarm2_backend, two_node_swarm  # noqa: F401  (fixtures)
 from tests.backends.docker_engine import (  # noqa: F401  (fixtures)
     DockerEngine,
     SwarmNode,

@@ -16,6 +16,11 @@ The `swarm_engine` fixture turns the same engine into a one-node swarm (`swarm i
 advertises two fake GPUs as Swarm generic resources (`FAKE_GPUS`), which only Swarm reads, and
 prefers local images for services (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: no registry lookup
 before each task, which stalls where DNS is slow to fail).
+
+The two-node swarm (tests/backends/swarm_nodes.py) builds on the same pieces: more private
+engines (`start_private_engine`, with other flags or inside a network namespace), started again
+on their own root (`restart_engine`), a manager that listens where another node reaches it
+(`join_swarm(address=...)`), and node updates (`SwarmNode.set_label`, `set_availability`).
 """
 
 from __future__ import annotations
@@ -44,8 +49,17 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "podq-test-worker:1"
 GPU_KIND = "NVIDIA-GPU"
 FAKE_GPUS = ["GPU-fake-0", "GPU-fake-1"]
-DOCKERD_FLAGS = ["--storage-driver=vfs", "--iptables=false", "--bridge=none",
-                 *(f"--node-generic-resource={GPU_KIND}={gpu}" for gpu in FAKE_GPUS)]
+# what every private dockerd of the suite runs with: no storage driver that needs a kernel
+# module, no iptables rules, no docker0 bridge (workers use the host network)
+STORAGE_FLAGS = ["--storage-driver=vfs", "--iptables=false", "--bridge=none"]
+
+
+def gpu_flags(gpus: list[str]) -> list[str]:
+    """dockerd flags that advertise `gpus` as Swarm generic resources of kind GPU_KIND."""
+    return [f"--node-generic-resource={GPU_KIND}={gpu}" for gpu in gpus]
+
+
+DOCKERD_FLAGS = [*STORAGE_FLAGS, *gpu_flags(FAKE_GPUS)]
 READY_TIMEOUT_S = 30.0
 # interfaces a swarm-mode dockerd makes in the host's network namespace and leaves there
 SWARM_LINKS = ["docker_gwbridge"]
@@ -141,14 +155,14 @@ def _install_docker() -> None:
             raise EngineUnavailable(f"{' '.join(cmd)} failed:\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
 
 
-def _spawn(dockerd: str, root: Path) -> subprocess.Popen[bytes]:
+def _spawn(dockerd: str, root: Path, flags: list[str], wrap: list[str]) -> subprocess.Popen[bytes]:
     (root / "daemon.json").write_text("{}")  # never read the machine's /etc/docker/daemon.json
-    cmd = [dockerd, *DOCKERD_FLAGS, f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
+    cmd = [*wrap, dockerd, *flags, f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
            f"--pidfile={root / 'dockerd.pid'}", f"--config-file={root / 'daemon.json'}",
            f"-H=unix://{root / 'docker.sock'}"]
     # swarm tasks use the local image instead of asking a registry first (none is reachable)
     env = {**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
-    with open(root / "dockerd.log", "wb") as log:
+    with open(root / "dockerd.log", "ab") as log:  # a restarted engine (same root) appends
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
 
@@ -209,22 +223,43 @@ def start_engine() -> DockerEngine:
         import_image(engine)
         probe(engine)
         return engine
+    return start_private_engine()
+
+
+def start_private_engine(flags: list[str] = DOCKERD_FLAGS, wrap: list[str] | None = None) -> DockerEngine:
+    """Start a dockerd of our own (its own data root, exec root, pid file and socket under a new
+    temporary folder), import the test image and probe it; stopped by `stop_engine`.
+
+    Args:
+        flags: dockerd's flags besides its paths (default: STORAGE_FLAGS and the fake GPUs).
+        wrap: a command that runs dockerd, e.g. `nsenter --net=<netns>` for a second node.
+
+    Raises:
+        EngineUnavailable: with the tail of dockerd's log.
+    """
     dockerd, installed_in = _dockerd()
     root = Path(tempfile.mkdtemp(prefix="podq-dockerd-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    began = time.monotonic()
-    engine = DockerEngine(host=f"unix://{root / 'docker.sock'}", binds=host_binds(),
-                          process=_spawn(dockerd, root), root=root, log=root / "dockerd.log",
-                          installed_in_s=installed_in)
+    engine = DockerEngine(host=f"unix://{root / 'docker.sock'}", binds=host_binds(), root=root,
+                          log=root / "dockerd.log", installed_in_s=installed_in)
     try:
-        _wait_ready(engine)
-        engine.started_in_s = time.monotonic() - began
+        restart_engine(engine, flags, wrap or [], dockerd)
         import_image(engine)
         probe(engine)
     except (EngineUnavailable, OSError) as e:
-        tail = _log_tail(engine.log)
+        tail = log_tail(engine.log)
         stop_engine(engine)
         raise EngineUnavailable(f"{e}\n--- dockerd log tail ---\n{tail}") from e
     return engine
+
+
+def restart_engine(engine: DockerEngine, flags: list[str], wrap: list[str], dockerd: str = "dockerd") -> None:
+    """(Re)start `engine`'s dockerd on its own root (its swarm state included: a swarm node
+    comes back as the same node) and wait for /_ping; `started_in_s` is how long that took."""
+    assert engine.root is not None, "only a private engine can be (re)started"
+    began = time.monotonic()
+    engine.process = _spawn(dockerd, engine.root, flags, wrap)
+    _wait_ready(engine)
+    engine.started_in_s = time.monotonic() - began
 
 
 def stop_engine(engine: DockerEngine) -> None:
@@ -257,7 +292,8 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=10)
 
 
-def _log_tail(path: Path | None, lines: int = 25) -> str:
+def log_tail(path: Path | None, lines: int = 25) -> str:
+    """The last lines of a dockerd log, for skip and failure messages."""
     if path is None or not path.exists():
         return "(no dockerd log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -304,19 +340,26 @@ class SwarmNode:
 
     def set_label(self, key: str, value: str | None) -> None:
         """`docker node update --label-add key=value` (or `--label-rm key` for None)."""
-        node = self.node()
-        spec = node["Spec"]
-        labels = dict(spec.get("Labels") or {})
+        labels = dict(self.node()["Spec"].get("Labels") or {})
         if value is None:
             labels.pop(key, None)
         else:
             labels[key] = value
-        spec["Labels"] = labels
+        self._update("Labels", labels)
+
+    def set_availability(self, availability: str) -> None:
+        """`docker node update --availability active|pause|drain`: a paused node keeps its tasks
+        and gets no new ones."""
+        self._update("Availability", availability)
+
+    def _update(self, field: str, value: object) -> None:
+        node = self.node()
+        spec = {**node["Spec"], field: value}
         status, body = api(self.engine.socket_path, "POST",
                            f"/nodes/{self.node_id}/update?version={node['Version']['Index']}",
                            json.dumps(spec).encode())
         if status != 200:
-            raise EngineUnavailable(f"labelling swarm node {self.node_id} failed: {status} {body!r}")
+            raise EngineUnavailable(f"updating {field} of swarm node {self.node_id} failed: {status} {body!r}")
 
     def generic_resources(self, kind: str = GPU_KIND) -> list[str]:
         """The ids of the `kind` resources the node advertises."""
@@ -325,9 +368,9 @@ class SwarmNode:
                       if (r.get("NamedResourceSpec") or {}).get("Kind") == kind)
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return sock.getsockname()[1]
 
 
@@ -335,8 +378,15 @@ def _links() -> set[str]:
     return {p.name for p in Path("/sys/class/net").iterdir()} if Path("/sys/class/net").is_dir() else set()
 
 
-def join_swarm(engine: DockerEngine) -> SwarmNode:
-    """Make `engine` a one-node swarm on 127.0.0.1 (or use the swarm it is already part of)."""
+def join_swarm(engine: DockerEngine, address: str = "127.0.0.1", heartbeat_s: float = 0) -> SwarmNode:
+    """Make `engine` a one-node swarm on `address` (or use the swarm it is already part of).
+
+    Args:
+        engine: the engine that becomes the manager.
+        address: the IP it listens on and advertises (a free port): where other nodes join it.
+        heartbeat_s: the nodes' heartbeat period (`docker swarm init --dispatcher-heartbeat`;
+            Swarm marks a silent node down after about three of them); 0: Swarm's 5 s.
+    """
     status, body = api(engine.socket_path, "GET", "/info")
     if status != 200:
         raise EngineUnavailable(f"GET /info failed: {status} {body!r}")
@@ -346,10 +396,12 @@ def join_swarm(engine: DockerEngine) -> SwarmNode:
             raise EngineUnavailable("the engine is a swarm worker, not a manager: the swarm backend needs a manager")
         return SwarmNode(engine=engine, node_id=swarm["NodeID"], initialised=False)
     before = _links()
-    address = f"127.0.0.1:{_free_port()}"
+    listen = f"{address}:{_free_port(address)}"
+    request: dict[str, object] = {"ListenAddr": listen, "AdvertiseAddr": listen}
+    if heartbeat_s:
+        request["Spec"] = {"Dispatcher": {"HeartbeatPeriod": int(heartbeat_s * 1e9)}}
     began = time.monotonic()
-    status, body = api(engine.socket_path, "POST", "/swarm/init",
-                       json.dumps({"ListenAddr": address, "AdvertiseAddr": address}).encode())
+    status, body = api(engine.socket_path, "POST", "/swarm/init", json.dumps(request).encode())
     took = time.monotonic() - began
     if engine.process is not None:  # our own engine: its swarm's interfaces go with it
         engine.made_links += [link for link in SWARM_LINKS if link not in before]
@@ -375,7 +427,7 @@ def swarm_engine(docker_engine: DockerEngine, request: pytest.FixtureRequest) ->
         node = join_swarm(docker_engine)
     except (EngineUnavailable, OSError, ValueError) as e:
         pytest.skip(f"no swarm for the swarm backend tests: {e}\n--- dockerd log tail ---\n"
-                    f"{_log_tail(docker_engine.log)}")
+                    f"{log_tail(docker_engine.log)}")
     say(request.config, f"swarm init in {node.init_in_s:.2f} s (node {node.node_id})")
     yield node
     leave_swarm(node)

@@ -2,7 +2,9 @@
 
 The docker and swarm backends join through the `docker_backend` and `swarm_backend` fixtures
 (tests/backends/conftest.py), which skip with the reason when no Docker engine, or no swarm,
-can run here. On Swarm each worker is a one-replica service on the suite's one-node swarm.
+can run here. On Swarm each worker is a one-replica service on the suite's one-node swarm; "swarm2"
+runs the same cases on a two-node swarm (tests/backends/swarm_nodes.py: a second dockerd in its own
+network namespace), whose workers reach a Redis on the veth address.
 
 The kubernetes backend joins through `kubernetes_backend`, on a real cluster only
 (PODQ_TEST_KUBECONFIG; no API server can run here, so these cases skip and say so). Its pods
@@ -35,7 +37,7 @@ JOB_WAIT_S = 30.0
 K8S_JOB_WAIT_S = 120.0
 
 
-@pytest.fixture(params=["process", "docker", "swarm",
+@pytest.fixture(params=["process", "docker", "swarm", "swarm2",
                         pytest.param("kubernetes", marks=pytest.mark.timeout(300))])
 async def backend(request, redis_url, tmp_path, endpoint):
     if request.param == "process":
@@ -60,6 +62,8 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     process reaches it."""
     if _backend_param(request) == "kubernetes":
         return request.getfixturevalue("kubernetes_cluster").local_redis_url
+    if _backend_param(request) == "swarm2":  # a Redis on the veth address both nodes reach
+        return request.getfixturevalue("two_node_swarm").redis_url
     return request.getfixturevalue("redis_server").url
 
 

@@ -85,6 +85,7 @@ def test_service_spec_carries_labels_resources_constraints_grace_and_no_restart(
     assert {"PODQ_REDIS_URL=redis://127.0.0.1:6379/0", "PODQ_ENDPOINT_ID=ep1", "PODQ_WORKER_ID=w1",
             "PODQ_WORKER_VERSION=3", "PODQ_HEARTBEAT_MS=300"} <= set(container["Env"])
     assert not any(e.startswith("CUDA_VISIBLE_DEVICES=") for e in container["Env"])  # Swarm picks
+    assert not any(e.startswith("PODQ_SWARM_GPU_KIND=") for e in container["Env"])  # the default kind
     assert container["Mounts"] == [
         {"Type": "bind", "Source": "/models", "Target": "/models", "ReadOnly": True},
         {"Type": "bind", "Source": "/data", "Target": "/data"},
@@ -102,6 +103,8 @@ def test_a_cpu_worker_reserves_nothing_and_the_image_cmd_stays() -> None:
                        grace_s=25, constraints=[], created_at=1)
     assert gpu["TaskTemplate"]["Resources"]["Reservations"]["GenericResources"] == [
         {"DiscreteResourceSpec": {"Kind": "AMD-GPU", "Value": 1}}]
+    # the worker reads its GPUs from DOCKER_RESOURCE_AMD-GPU, so it is told the kind
+    assert "PODQ_SWARM_GPU_KIND=AMD-GPU" in gpu["TaskTemplate"]["ContainerSpec"]["Env"]
 
 
 def test_cpu_and_memory_limits_are_the_tasks_resource_limits() -> None:
@@ -177,6 +180,8 @@ CREATED = 1796032800500
     ([task("failed", Err="task: non-zero exit (1)")], False, "", [], CREATED),
     ([task("shutdown", desired="shutdown")], False, "", [], CREATED),
     ([task("rejected", Err="No such image: x:1")], False, "", [], CREATED),
+    # its node went down: Swarm wants it shut down, its last report (running) is stale
+    ([task("running", desired="shutdown")], False, "", ["GPU-a"], CREATED),
     # the task Swarm wants running stands for the worker, however old the others are
     ([task("failed", desired="shutdown", index=30), task("running", index=20)], True, "", ["GPU-a"], AT_MS),
 ])
