@@ -57,7 +57,7 @@ Action = Start | Stop
 class Plan(msgspec.Struct):
     actions: list[Action]
     status: EndpointStatus
-    reason: str = ""  # why workers are not ready yet (pending placement), or ''
+    reason: str = ""  # why workers are not ready yet (pending placement, cannot start), or ''
 
 
 def health(handle: WorkerHandle, beat: WorkerBeat | None, now: int, timing: Timing) -> Health:
@@ -101,7 +101,8 @@ def reconcile(
     """The actions that move `workers` toward `desired`, and the endpoint's status."""
     states = [(h, b, health(h, b, now, timing)) for h, b in workers]
     actions: list[Action] = [
-        Stop(h, f"worker is {s.value}") for h, _, s in states if s in (Health.DEAD, Health.UNHEALTHY)
+        Stop(h, f"worker is {s.value}" + (f": {h.problem}" if h.problem else ""))
+        for h, _, s in states if s in (Health.DEAD, Health.UNHEALTHY)
     ]
     alive = [(h, b, s) for h, b, s in states if s not in (Health.DEAD, Health.UNHEALTHY)]
     recycled = [(h, why) for h, b, _ in alive if (why := recycle_reason(b, now, timing))]
@@ -113,7 +114,9 @@ def reconcile(
     if force_zero:
         actions += [Stop(h, "endpoint paused or scaled to zero") for h, _, _ in alive]
         return Plan(actions, _status(endpoint, [], 0))
-    waiting = pending_reason([h for h, _, s in current if s is Health.PENDING])
+    waiting = "; ".join(filter(None, [
+        pending_reason([h for h, _, s in current if s is Health.PENDING]),
+        problem_reason([h for h, _, s in current if s is Health.STARTING and h.problem])]))
     missing = max(0, min(desired, endpoint.workers_max) - len(current))
     if missing:
         actions.append(Start(missing))
@@ -131,6 +134,15 @@ def pending_reason(pending: list[WorkerHandle]) -> str:
         return ""
     reasons = sorted({h.pending for h in pending})
     return f"{len(pending)} worker(s) waiting for placement: " + "; ".join(reasons)
+
+
+def problem_reason(stuck: list[WorkerHandle]) -> str:
+    """What the endpoint's status says about placed workers whose container cannot start (the
+    ready timeout replaces them if it never does)."""
+    if not stuck:
+        return ""
+    reasons = sorted({h.problem for h in stuck})
+    return f"{len(stuck)} worker(s) placed but not starting: " + "; ".join(reasons)
 
 
 def _idle_stops(endpoint: EndpointConfig, current: list, desired: int, now: int) -> list[Action]:

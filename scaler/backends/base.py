@@ -66,6 +66,9 @@ class WorkerHandle(msgspec.Struct, kw_only=True):
     # not placed yet, and the engine's reason ("0/3 nodes have a free nvidia.com/gpu"); '' once
     # placed (only backends that place GPUs report it)
     pending: str = ""
+    # placed, but the engine says its container cannot start (ImagePullBackOff, ...) or why it
+    # ended (OOMKilled, an exit code); shown in the endpoint's status_reason and the stop's log
+    problem: str = ""
 
 
 class Backend(Protocol):

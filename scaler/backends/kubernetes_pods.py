@@ -353,7 +353,7 @@ def pod_state(pod: Mapping[str, Any]) -> PodState:
 
 def handle_of(pod: Mapping[str, Any]) -> WorkerHandle:
     """A WorkerHandle from one listed Pod: exact ids from its annotations, state from
-    `pod_state` (its `problem` has no field in WorkerHandle) (pure)."""
+    `pod_state` (pure)."""
     meta = pod.get("metadata") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     state = pod_state(pod)
@@ -361,7 +361,7 @@ def handle_of(pod: Mapping[str, Any]) -> WorkerHandle:
         worker_id=annotations.get(LABEL_WORKER) or labels.get(LABEL_WORKER, ""),
         endpoint_id=annotations.get(LABEL_ENDPOINT) or labels.get(LABEL_ENDPOINT, ""),
         version=int(labels.get(LABEL_VERSION) or 0), ref=meta.get("name", ""),
-        running=state.running, started_at=state.started_at, pending=state.pending,
+        running=state.running, started_at=state.started_at, pending=state.pending, problem=state.problem,
     )
 
 

@@ -342,7 +342,8 @@ def handle_of(service: Mapping[str, Any], tasks: list[Mapping[str, Any]],
     if (state in _STARTING or state == _RUNNING) and task.get("DesiredState") not in _GOING:
         return msgspec.structs.replace(base, gpu_uuids=assigned_gpus(task, gpu_kind),
                                        started_at=timestamp_ms(status.get("Timestamp")) or created)
-    return msgspec.structs.replace(base, running=False, gpu_uuids=assigned_gpus(task, gpu_kind))
+    return msgspec.structs.replace(base, running=False, gpu_uuids=assigned_gpus(task, gpu_kind),
+                                   problem=str(status.get("Err") or ""))
 
 
 def explain_swarm(error: aiodocker.DockerError, doing: str, host: str, image: str | None) -> str:

@@ -409,7 +409,7 @@ def test_a_pods_phase_and_conditions_become_the_workers_state(what, pod, running
     state = pod_state(pod)
     assert (state.running, state.pending, state.problem, state.started_at) == (running, pending, problem, started_at)
     handle = handle_of(pod)
-    assert (handle.running, handle.pending, handle.started_at) == (running, pending, started_at)
+    assert (handle.running, handle.pending, handle.problem, handle.started_at) == (running, pending, problem, started_at)
 
 
 def test_a_listed_pod_gives_back_the_exact_ids() -> None:

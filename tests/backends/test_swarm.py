@@ -186,9 +186,15 @@ CREATED = 1796032800500
     ([task("failed", desired="shutdown", index=30), task("running", index=20)], True, "", ["GPU-a"], AT_MS),
 ])
 def test_handle_from_service_and_tasks(tasks, running, pending, gpus, started) -> None:
-    assert handle_of(SERVICE, tasks) == WorkerHandle(
+    assert msgspec.structs.replace(handle_of(SERVICE, tasks), problem="") == WorkerHandle(
         worker_id="w1", endpoint_id="ep1", version=4, ref="svc1", running=running, gpu_uuids=gpus,
         started_at=started, pending=pending)
+
+
+def test_an_ended_tasks_error_is_the_workers_problem() -> None:
+    assert handle_of(SERVICE, [task("rejected", Err="No such image: x:1")]).problem == "No such image: x:1"
+    assert handle_of(SERVICE, [task("complete", desired="shutdown")]).problem == ""
+    assert handle_of(SERVICE, [task("running")]).problem == ""
 
 
 def test_assigned_gpus_under_the_api_docs_field_name() -> None:

@@ -151,3 +151,15 @@ def test_pending_beside_a_ready_worker_keeps_the_endpoint_running_and_says_why()
     assert plan.status is EndpointStatus.RUNNING and started(plan) == 0
     assert plan.reason.startswith("1 worker(s) waiting for placement")
     assert reconcile(ep(), 1, [w("a")], NOW, T).reason == ""
+
+
+def test_a_placed_worker_that_cannot_start_is_named_in_the_reason_and_a_dead_ones_cause_in_its_stop() -> None:
+    handle, beat = pending("a", age_s=5)
+    stuck = msgspec.structs.replace(handle, pending="", problem="ImagePullBackOff: pull access denied")
+    plan = reconcile(ep(), 2, [(stuck, beat), pending("b")], NOW, T)
+    assert stopped(plan) == [] and started(plan) == 0  # the ready timeout decides, not the problem
+    assert plan.reason == ("1 worker(s) waiting for placement: 0/3 nodes have a free nvidia.com/gpu; "
+                           "1 worker(s) placed but not starting: ImagePullBackOff: pull access denied")
+    ended = msgspec.structs.replace(stuck, running=False, problem="OOMKilled (exit code 137)")
+    [stop] = [a for a in reconcile(ep(), 1, [(ended, None)], NOW, T).actions if isinstance(a, Stop)]
+    assert stop.reason == "worker is dead: OOMKilled (exit code 137)"
