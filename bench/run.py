@@ -22,7 +22,8 @@ from bench.common import ROOT, machine
 from bench.report import Section, draw, report_markdown, section_markdown
 
 SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
-             "runpod_worker", "redis_cpu")
+             "runpod_worker", "redis_cpu",
+             "fleet")
 RESULTS = ROOT / "bench" / "results"
 
 
