@@ -42,6 +42,9 @@ test: $(STAMP) redis-server runpod-venvs
 	@command -v redis-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
 	  echo "installing Debian's redis-server (TLS) for the suite's TLS cases"; \
 	  apt-get update -q && apt-get install -y -q redis-server; }
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium and fonts-liberation for the console's browser tests"; \
+	  apt-get update -q && apt-get install -y -q chromium fonts-liberation; }
 	$(BIN)/python -m pytest
 
 # With PODQ_REDIS_URL set, `podq dev` uses that Redis and starts none.

@@ -23,7 +23,8 @@ from bench.report import Section, draw, report_markdown, section_markdown
 
 SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
              "runpod_worker", "redis_cpu",
-             "fleet")
+             "metrics_cost", "fleet",
+             "log_shipping")
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -26,6 +26,7 @@ from scaler.worker_keys import endpoint_worker_key
 from scaler.policy import Observed, desired_workers
 from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
 from serverless import lifecycle, nvml, runpod_protocol
+from serverless.metrics_store import ScalerTally, stop_action
 from serverless.model import (
     EndpointConfig, EndpointStatus, GpuInfo, Template, WorkerBeat, WorkerProtocol, WorkerState,
 )
@@ -77,8 +78,11 @@ class Scaler:
         self.backoff = Backoff()
         self._stopping: dict[str, asyncio.Task[None]] = {}
         # workers started by this scaler that have not sent a heartbeat yet: one that vanishes
-        # from the listing before that (a process that exited at start-up) is a quick death
-        self._booting: dict[str, tuple[str, int]] = {}
+        # from the listing before that (a process that exited at start-up) is a quick death;
+        # (endpoint, started at, backend)
+        self._booting: dict[str, tuple[str, int, str]] = {}
+        # cold starts, decisions and desired workers for /metrics, written once per tick
+        self.tally = ScalerTally()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set; then hand the leader lease back."""
@@ -113,12 +117,15 @@ class Scaler:
                 if backend_of.get(h.endpoint_id) != name:
                     why = "its endpoint was deleted" if h.endpoint_id not in backend_of else "its endpoint moved to another backend"
                     self._stop(self.backends[name], h, why)
+        await self.tally.flush(self.store.redis)
 
     def _count_vanished(self, listed: dict[str, list[WorkerHandle]], now: int) -> None:
         present = {h.worker_id for handles in listed.values() for h in handles}
-        for worker_id, (endpoint_id, started_at) in list(self._booting.items()):
+        for worker_id, (endpoint_id, started_at, backend) in list(self._booting.items()):
             if worker_id not in present and worker_id not in self._stopping:
                 del self._booting[worker_id]
+                late = now - started_at >= self.timing.ready_timeout_ms
+                self.tally.cold_start(endpoint_id, backend, "timeout" if late else "failed", None)
                 if now - started_at < QUICK_DEATH_MS:
                     log.warning("worker %s of %s exited during start-up", worker_id, endpoint_id)
                     self.backoff.failed(endpoint_id, now)
@@ -159,11 +166,14 @@ class Scaler:
         ready = {b.id for b in beats.values()
                  if b.state not in (WorkerState.INITIALIZING, WorkerState.THROTTLED)}
         for worker_id in ready:
-            self._booting.pop(worker_id, None)
+            booted = self._booting.pop(worker_id, None)
+            if booted is not None:
+                self.tally.cold_start(endpoint.id, booted[2], "ready", now - booted[1])
         starting = sum(1 for h in handles if h.worker_id not in ready)
         observed = Observed(queue=queue, workers=len(handles), starting=starting,
                             zero_requested=zero_requested)
         desired = desired_workers(observed, endpoint)
+        self.tally.desired(endpoint.id, desired)
         pairs = [(h, beats.get(h.worker_id)) for h in handles]
         plan = reconcile(endpoint, desired, pairs, now, self.timing,
                          force_zero=endpoint.paused or (zero_requested and desired == 0))
@@ -195,6 +205,7 @@ class Scaler:
                     if why.startswith("worker is") and now - handle.started_at < QUICK_DEATH_MS:
                         self.backoff.failed(endpoint.id, now)
                     self._stop(backend, handle, why)
+                    self.tally.decision(endpoint.id, stop_action(why))
                 case Start(count=count):
                     problem = await self._start(endpoint, backend, count, handles, now) or problem
         return problem
@@ -217,7 +228,8 @@ class Scaler:
             except (gpus.NoGpu, BackendError) as e:
                 return str(e)
             in_use += handle.gpu_uuids
-            self._booting[handle.worker_id] = (endpoint.id, now)
+            self._booting[handle.worker_id] = (endpoint.id, now, endpoint.backend)
+            self.tally.decision(endpoint.id, "scale_up")
             log.info("started worker %s for %s (version %d)", handle.worker_id, endpoint.id, endpoint.version)
         return ""
 

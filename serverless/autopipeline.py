@@ -14,6 +14,9 @@ packer (redis-py's asyncio client packs every argument in Python, the larger cos
 with redis-py's parser. Replies are raw: no redis-py response callback runs (HGETALL answers a
 flat list; `pairs` makes it a dict).
 
+Each round trip can be timed for the gateway's /metrics (`ROUND_TRIP_OBSERVERS`): one clock read
+per batch, not per command, and none while no observer is registered.
+
 Only commands that answer at once belong here: a blocking command (BLPOP, XREAD BLOCK) would
 hold every command batched behind it. A caller that is cancelled does not cancel its command
 (it is already on its way with the others); its reply is dropped, as a reply that arrives after
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -37,6 +42,9 @@ _POOL_ARGS: tuple[str, ...] = (
     ("PIPELINE",) if _NAME is not None and _NAME.default is inspect.Parameter.empty else ())
 
 MAX_BATCH = 512  # commands per pipeline; a bigger turn is split, so no reply grows unbounded
+# Called with the seconds each round trip took (serverless/gateway/metrics.py registers one per
+# gateway app while it runs); process-wide, as the round trips are.
+ROUND_TRIP_OBSERVERS: list[Callable[[float], None]] = []
 
 
 class AutoPipeline:
@@ -64,6 +72,7 @@ class AutoPipeline:
             task.add_done_callback(self._flushing.discard)
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        started = time.perf_counter() if ROUND_TRIP_OBSERVERS else 0.0
         try:
             replies = await self._round_trip(batch)
         except BaseException as e:  # the connection failed (or we were cancelled): all fail
@@ -73,6 +82,10 @@ class AutoPipeline:
             if not isinstance(e, Exception):
                 raise
             return
+        if started:
+            took = time.perf_counter() - started
+            for observe in ROUND_TRIP_OBSERVERS:
+                observe(took)
         for (_, future), reply in zip(batch, replies):
             if future.done():  # the caller was cancelled meanwhile
                 continue

@@ -79,7 +79,8 @@ COMMANDS = {
                  "resume|scale-to-zero"),
     "gateway": (_gateway, "run the HTTP gateway: podq gateway [--host H] [--port P]"),
     "keys": (_keys, "API keys: podq keys create [--endpoint ID] | list | revoke DIGEST"),
-    "logs": (_logs, "worker logs of an endpoint (docker, swarm or kubernetes backend): podq logs ENDPOINT [--tail N]"),
+    "logs": (_logs, "worker logs of an endpoint, every backend: podq logs ENDPOINT [--worker W] [--job J] [-f] "
+               "[--backend docker|swarm|kubernetes|process]"),
     "scaler": (_scaler, "run the autoscaler: podq scaler [--backends process,docker,swarm,kubernetes]"),
     "template": (_template, "manage templates: podq template create|list|get|update|delete"),
     "worker": (_worker, "run a handler file as a worker: podq worker handler.py --endpoint ID; "

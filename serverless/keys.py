@@ -14,6 +14,10 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
               podq:ep:{ep}:held:{w}    SET   jobs handed to RunPod-protocol worker w (a take
                                              with job_in_progress=0 requeues those it still has)
               podq:ep:{ep}:stops:{w}   LIST  cancelled / timed-out job ids for worker w's job-stop
+              podq:ep:{ep}:logs        STREAM  worker log lines (worker/log_shipper.py): fields ts,
+                                       worker, job, stream, level, line; MAXLEN ~ PODQ_LOG_STREAM_MAXLEN.
+                                       Lines a worker had to drop are counted in the stats hash,
+                                       field `log_lines_dropped` (LOG_LINES_DROPPED)
 Global:       podq:endpoints           SET   endpoint ids that ever got a job (for the reaper)
               podq:webhooks            LIST  ids of finished jobs with a webhook still to deliver
               podq:apikeys             HASH  sha256(key) -> label
@@ -46,6 +50,12 @@ CANCEL = "podq:ep:{}:cancel"
 DEADLINES = "podq:ep:{}:deadlines"
 HELD = "podq:ep:{}:held"  # + ":" + worker id
 STOPS = "podq:ep:{}:stops"  # + ":" + worker id
+LOGS = "podq:ep:{}:logs"
+# the console's recent jobs: job id -> submit score, the newest RECENT_CAP kept (submit function)
+RECENT = "podq:ep:{}:recent"
+RECENT_CAP = 1000
+# field of the stats hash: log lines workers dropped rather than block a handler (HINCRBY)
+LOG_LINES_DROPPED = "log_lines_dropped"
 WORKER_KEY_SECRET = "podq:scaler:worker-key-secret"
 ENDPOINTS = "podq:endpoints"
 API_KEYS = "podq:apikeys"
@@ -124,6 +134,10 @@ def stops(endpoint: str, worker_id: str) -> str:
     return f"{STOPS.format(endpoint)}:{worker_id}"
 
 
+def logs(endpoint: str) -> str:
+    return LOGS.format(endpoint)
+
+
 def endpoint_of_channel(channel: str) -> str:
     head, tail = DONE.split("{}")
     return channel[len(head) : len(channel) - len(tail)]
@@ -141,10 +155,11 @@ def lua_header() -> str:
     names = {
         "job": JOB, "chunks": CHUNKS, "queue": QUEUE, "leases": LEASES, "stats": STATS,
         "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,
-        "deadlines": DEADLINES, "held": HELD, "stops": STOPS,
+        "deadlines": DEADLINES, "held": HELD, "stops": STOPS, "recent": RECENT,
     }
     lines = [_lua_key_fn(n, t) for n, t in names.items()]
     lines.append(f"local BELL_CAP = {BELL_CAP}")
+    lines.append(f"local RECENT_CAP = {RECENT_CAP}")
     lines.append(f"local PURGED = '{PURGED}'")
     lines.append(f"local ENDPOINTS = '{ENDPOINTS}'")
     lines.append(f"local WEBHOOKS = '{WEBHOOKS}'")

@@ -174,7 +174,10 @@ class Registry:
     async def delete_endpoint(self, endpoint_id: str) -> None:
         if not await self.redis.hdel(keys.REGISTRY_ENDPOINTS, endpoint_id):
             raise NotFound(f"endpoint {endpoint_id!r} not found")
+        # its status, its workers' log lines and the console's list of its recent jobs go with it
+        # (the jobs themselves expire by their own retention)
         await self.redis.hdel(keys.REGISTRY_STATUS, endpoint_id)
+        await self.redis.delete(keys.logs(endpoint_id), keys.RECENT.format(endpoint_id))
 
     async def set_status(self, endpoint_id: str, status: EndpointStatus, reason: str = "") -> None:
         """The scaler reports an endpoint's lifecycle state; kept apart from the config so a

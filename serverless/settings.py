@@ -66,6 +66,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # how long a RunPod worker may keep pinging a job that was cancelled or timed out (a sync
     # handler, or an SDK before 1.10, cannot be stopped) before the scaler replaces it
     runpod_stop_grace_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
+    # ---- metrics (docs/observability.md) ----
+    # GET /metrics (Prometheus) and the per-process timings behind it; false removes the route,
+    # the request-timing middleware and every hook (what bench/scenarios/metrics_cost.py compares)
+    metrics: bool = True
+    # /metrics without a key; by default it needs the admin key, as the /v1 routes do
+    metrics_public: bool = False
+    # ---- worker logs (docs/observability.md, worker/log_shipper.py) ----
+    # podq-runtime workers ship their stdout/stderr and log lines, tagged with the job id, to
+    # the endpoint's Redis stream (GET /v1/endpoints/{id}/logs); false: nothing is captured
+    log_shipping: bool = True
+    # lines kept per endpoint (XADD MAXLEN ~ N: Redis trims whole nodes, so a few more stay)
+    log_stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 10_000
+    # lines a worker holds while Redis is slow; past it new lines are dropped and counted
+    log_buffer_lines: Annotated[int, msgspec.Meta(ge=100)] = 10_000
+    # how often a worker sends its lines (one pipelined call; sooner when 500 are waiting)
+    log_flush_ms: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 100
+
+    def __post_init__(self) -> None:
+        if self.metrics_public and not self.metrics:
+            raise ConfigError("PODQ_METRICS_PUBLIC=true has no effect while PODQ_METRICS=false "
+                              "turns /metrics off; unset one of them")
 
     @property
     def runpod_lease_ms(self) -> int:
@@ -116,6 +137,12 @@ _ENV = {
     "runpod_ping_ms": "PODQ_RUNPOD_PING_MS",
     "runpod_hold_ms": "PODQ_RUNPOD_HOLD_MS",
     "runpod_stop_grace_ms": "PODQ_RUNPOD_STOP_GRACE_MS",
+    "metrics": "PODQ_METRICS",
+    "metrics_public": "PODQ_METRICS_PUBLIC",
+    "log_shipping": "PODQ_LOG_SHIPPING",
+    "log_stream_maxlen": "PODQ_LOG_STREAM_MAXLEN",
+    "log_buffer_lines": "PODQ_LOG_BUFFER_LINES",
+    "log_flush_ms": "PODQ_LOG_FLUSH_MS",
 }
 
 

@@ -22,7 +22,7 @@ from serverless.model import WorkerBeat, WorkerState
 from serverless.queue import connect_sync
 from serverless.settings import load_settings
 from serverless.store import now_ms
-from worker import compat, process
+from worker import compat, log_shipper, process
 from worker.config import apply_memory_cap
 
 
@@ -50,9 +50,11 @@ def run_file(handler: str, endpoint: str | None, redis: str | None, worker_id: s
         compat.install()
     nvml.adopt_swarm_gpus()  # before the handler file loads CUDA
     try:  # before the handler file loads its model: the cap covers that too
-        apply_memory_cap(load_settings().worker_memory_mb)
+        settings = load_settings()
+        apply_memory_cap(settings.worker_memory_mb)
     except ConfigError as e:
         sys.exit(f"podq worker: {e}")
+    log_shipper.capture(settings)  # the handler file's own output (a model loading) is shipped too
     announce_initializing()
     sys.argv = [str(path), *rest]
     sys.path.insert(0, str(path.resolve().parent))

@@ -19,7 +19,7 @@ from serverless.errors import ConfigError, PodqError
 from serverless.queue import connect, connect_single
 from serverless.settings import Settings, load_settings
 from serverless.store import JobStore
-from worker import local
+from worker import local, log_shipper
 from worker.config import HandlerConfig, apply_memory_cap, parse_config
 from worker.runtime import Worker
 from worker.watchdog import Watchdog
@@ -52,6 +52,7 @@ def start(config: dict[str, Any]) -> None:
               "podq's gateway, queue and workers in one command", file=sys.stderr)
         sys.exit(2)
     if any(a.startswith("--test_input") for a in argv) or not os.environ.get("PODQ_ENDPOINT_ID"):
+        log_shipper.release()  # (`podq worker` began capturing): a local run ships nothing
         local.main(handler_config, argv)
         return
     try:
@@ -97,7 +98,8 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
     watchdog = Watchdog(worker, settings, on_blocked=lambda: reexec(worker_id))
     watchdog.start()
     try:
-        await worker.run()
+        async with log_shipper.shipping(settings, store.redis, worker_id, lambda: worker.active):
+            await worker.run()
     finally:
         await watchdog.stop()
         await blocking.aclose()

@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from serverless import periodic
+from serverless import console, periodic
 from serverless.codec import json_encode
 from serverless.gateway import admin_routes as admin
-from serverless.gateway import key_routes, routes, state
+from serverless.gateway import key_routes, log_routes, metrics, routes, state
 from serverless.gateway import worker_routes as wr
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
 from serverless.gateway.chunk_fanout import ChunkFanout, fanout_lifecycle
@@ -28,7 +28,7 @@ from serverless.gateway.known_endpoints import KnownEndpoints
 from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings, rate_limit_middleware
 from serverless.gateway.openapi import ID_PATTERN, Param, Refinements, Route, build_spec, openapi_json
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamReply
-from serverless.gateway.webhooks import WebhookDispatcher, WebhookPolicy
+from serverless.gateway.webhooks import URL_PATTERN, WebhookDispatcher, WebhookPolicy
 from serverless.model import ApiKey, EndpointConfig, Health, RunRequest, StatusBody, Template
 from serverless.registry import Registry
 from serverless.runpod_protocol import DoneBody, StreamBody
@@ -135,14 +135,14 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("revoke-key", ("DELETE",), "/v1/keys/{digest}", key_routes.revoke_key,
           "Revoke a key by its digest", reply=key_routes.Revoked, admin=True),
 )
-ALL_ROUTES = ROUTES + WORKER_ROUTES + ADMIN_ROUTES
+ALL_ROUTES = ROUTES + WORKER_ROUTES + ADMIN_ROUTES + log_routes.ROUTES  # + /v1/endpoints/{id}/logs
 
 _POLICY_MS = {"minimum": 1, "maximum": routes.POLICY_MAX_MS}
 # what the handlers check beyond the Structs' types, so the document promises no more than they take
 SCHEMA_REFINEMENTS: Refinements = {
     "Policy": {"executionTimeout": _POLICY_MS, "ttl": _POLICY_MS},
     # an absolute http(s) URL with a host (private hosts are refused too, unless allowed)
-    "RunRequest": {"webhook": {"pattern": r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#].*)?$"}},
+    "RunRequest": {"webhook": {"pattern": URL_PATTERN}},
     "TemplateBody": {"id": {"pattern": ID_PATTERN}},
     "EndpointBody": {"id": {"pattern": ID_PATTERN}},
     "KeyBody": {"endpoints": {"items": {"type": "string", "pattern": ID_PATTERN}}},
@@ -196,7 +196,8 @@ def _reaper(interval_s: float) -> Callable[[web.Application], AsyncIterator[None
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = WebhookDispatcher(app[state.STORE], app[state.WEBHOOK_POLICY])
+    dispatcher = WebhookDispatcher(app[state.STORE], app[state.WEBHOOK_POLICY],
+                                   metrics.webhook_observer(app))
     await dispatcher.start()
     yield
     await dispatcher.close()
@@ -229,8 +230,10 @@ def create_app(
     options = options or GatewayOptions()
     limits = options.limits if options.limits is not None else limits_from_settings(settings)
     admin = options.admin_key if options.admin_key is not None else admin_key_from_env()
+    outside, inside = metrics.middlewares(settings)  # none when PODQ_METRICS=false
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
+        middlewares=[*outside, error_middleware, *inside, console.gate, auth_middleware,
+                     rate_limit_middleware],  # console.gate: /console's own session check
         client_max_size=max(limits.run_max_bytes, limits.runsync_max_bytes) + 1,
     )
     app[state.STORE] = store
@@ -248,9 +251,12 @@ def create_app(
     app.on_shutdown.append(_closing)
     app[state.REGISTRY] = Registry(store.redis)
     app[state.KNOWN] = KnownEndpoints(store.redis, store.stale_after_ms)
-    app[state.ADMIN_ROUTES] = frozenset(r.name for r in ALL_ROUTES if r.admin)
+    table = ALL_ROUTES + metrics.routes(settings)  # /metrics: text, not in openapi.json
+    app[state.ADMIN_ROUTES] = frozenset(r.name for r in table if r.admin)
     app[state.OPENAPI] = json_encode(api_spec())
-    _add_routes(app, ALL_ROUTES)
+    _add_routes(app, table)
+    console.install(app)  # /console: the web console and its history sampler
     app[state.CHUNK_FANOUT] = ChunkFanout(store.redis)  # SSE: one shared chunk reader
+    metrics.install(app, settings)
     app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle])
     return app

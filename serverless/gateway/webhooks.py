@@ -8,6 +8,8 @@ The script that ends a job pushes its id onto the durable `podq:webhooks` list w
 webhook (serverless/lua/_lib.lua). Every gateway replica blocks on that list; BLPOP hands each
 id to exactly one of them, so N replicas deliver once, and a job that ends while no gateway runs
 gets its webhook when one starts. A job that is retried and ends again is pushed again.
+Each delivery's outcome (success, failure, refused) and each retry is told to an observer:
+the gateway's /metrics counts them (serverless/gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -47,6 +51,18 @@ class WebhookPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 PRIVATE_HELP = "set PODQ_WEBHOOK_ALLOW_PRIVATE=true to allow private receivers"
+# what a webhook may be: an absolute http(s) URL whose host is a name, an IPv4 address or a
+# bracketed IPv6 one, an optional port, then a path, query or fragment; the OpenAPI document
+# states the same pattern
+URL_PATTERN = r"^https?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#].*)?$"
+_URL = re.compile(URL_PATTERN)
+# What a delivery tells its observer: its outcome (once), and each retry before it.
+SUCCESS, FAILURE, REFUSED, RETRY = "success", "failure", "refused", "retry"
+Observer = Callable[[str], None]
+
+
+def unobserved(event: str) -> None:
+    """The observer of deliveries nobody counts."""
 
 
 def is_private(address: str) -> bool:
@@ -72,6 +88,9 @@ def check_url(url: str, allow_private: bool = True) -> None:
         raise BadRequest(f"webhook {url!r} is not a valid URL ({e}); {_EXAMPLE}") from e
     if parts.scheme not in SCHEMES or not host:
         raise BadRequest(f"webhook {url!r} is not an http(s) URL; {_EXAMPLE}")
+    if not _URL.match(url):
+        raise BadRequest(f"webhook {url!r} is not an http(s) URL with a host name (letters, digits, '._~-'), "
+                         f"an IPv4 or a bracketed IPv6 address, and an optional port; {_EXAMPLE}")
     if not allow_private and (host == "localhost" or host.endswith(".localhost") or _literal_private(host)):
         raise BadRequest(f"webhook {url!r} points at a private or loopback address; {PRIVATE_HELP}")
 
@@ -117,7 +136,8 @@ async def _post(
 
 
 async def deliver(
-    session: aiohttp.ClientSession, url: str, body: bytes, policy: WebhookPolicy
+    session: aiohttp.ClientSession, url: str, body: bytes, policy: WebhookPolicy,
+    observe: Observer = unobserved,
 ) -> bool:
     """POST `body` to `url`, retrying `policy.retries` times; True once a 2xx came back.
 
@@ -126,30 +146,36 @@ async def deliver(
         url: the webhook URL.
         body: the JSON body (a job's status body).
         policy: timeout, retries and the delay between tries.
+        observe: told RETRY before each retry, then SUCCESS, FAILURE or REFUSED once.
 
     Returns:
         Whether the receiver accepted the body.
     """
     for attempt in range(1 + policy.retries):
         if attempt:
+            observe(RETRY)
             await asyncio.sleep(policy.retry_delay_s)
         refused = await refusal(url, policy)
         if refused is not None:
             log.warning("webhook %s not delivered: %s", url, refused)
+            observe(REFUSED)
             return False
         problem = await _post(session, url, body, policy.timeout_s)
         if problem is None:
+            observe(SUCCESS)
             return True
         tries = 1 + policy.retries
         log.warning("webhook %s try %d/%d failed: %s", url, attempt + 1, tries, problem)
+    observe(FAILURE)
     return False
 
 
 class WebhookDispatcher:
     """Listens for finished jobs and delivers their webhooks, each in its own task."""
 
-    def __init__(self, store: JobStore, policy: WebhookPolicy) -> None:
-        self._store, self._policy = store, policy
+    def __init__(self, store: JobStore, policy: WebhookPolicy,
+                 observe: Observer = unobserved) -> None:
+        self._store, self._policy, self._observe = store, policy, observe
         self._blocking: Redis | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -202,7 +228,7 @@ class WebhookDispatcher:
     async def _send(self, record: JobRecord) -> None:
         assert self._session is not None and record.webhook is not None
         body = encode(lifecycle.status_body(record, now_ms()))
-        if await deliver(self._session, record.webhook, body, self._policy):
+        if await deliver(self._session, record.webhook, body, self._policy, self._observe):
             log.info("webhook for job %s delivered to %s", record.id, record.webhook)
         else:
             log.warning("webhook for job %s to %s failed on every try; the job is unchanged",

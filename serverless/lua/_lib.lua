@@ -113,11 +113,16 @@ local function ended(ep, id, jobkey, job, status, message)
 end
 
 -- The job entered the queue (status already written).
+-- A job queued again from a terminal status (/retry) counts as submitted once more, so
+-- submitted - finished is what is queued or running.
 local function queued(ep, id, jobkey, from)
   local score = redis.call('HGET', jobkey, 'score')
   redis.call('ZADD', K_queue(ep), score, id)
   redis.call('PERSIST', jobkey)
-  if is_terminal(from) then redis.call('DEL', K_chunks(id)) end
+  if is_terminal(from) then
+    redis.call('DEL', K_chunks(id))
+    redis.call('HINCRBY', K_stats(ep), 'submitted', '1')
+  end
   ring(ep)
 end
 
@@ -138,6 +143,10 @@ local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
   leave(ep, id, from, job[REMOTE])
   if is_terminal(to) then
     redis.call('HSET', jobkey, 'status', to, 'finished_at', now, unpack(sets, first, last))
+    if from == 'IN_PROGRESS' and job[STARTED] then  -- it ran: its execution time (/metrics)
+      observe(K_hist_exec(ep), COUNTER[to] .. ':', EXEC_MS, EXEC_LE,
+              tonumber(now) - tonumber(job[STARTED]))
+    end
     local message = publish and id
     if publish == 'result' then message = announcement(id, job, to, now, sets, first, last) end
     ended(ep, id, jobkey, job, to, message)

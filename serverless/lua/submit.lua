@@ -11,6 +11,10 @@ register('submit', function(KEYS, ARGV)
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
   redis.call('ZADD', K_queue(ep), ARGV[3], id)
   redis.call('SADD', ENDPOINTS, ep)
+  redis.call('HINCRBY', K_stats(ep), 'submitted', '1')
+  -- the console's recent jobs (serverless/console/jobs.py): the newest RECENT_CAP per endpoint
+  redis.call('ZADD', K_recent(ep), ARGV[3] % 10000000000000, id)
+  redis.call('ZREMRANGEBYRANK', K_recent(ep), 0, -(RECENT_CAP + 1))
   if redis.call('ZCARD', K_queue(ep)) == 1 then ring(ep) end
   return 1
 end)

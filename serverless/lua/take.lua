@@ -8,10 +8,16 @@
 --       enforces it: the SDK never does), used when the job has none of its own
 -- Times and counts go to Redis as strings: Redis formats a Lua number with printf("%.17g").
 -- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first.
+-- A job's first try (tries 0: submitted or retried, not requeued after a lost lease) counts its
+-- wait since submission in the endpoint's delay histogram (/metrics).
 
--- Lease one popped job to the worker. f: its fields, as take reads them (below).
-local function lease(id, jobkey, f, ARGV, remote, leases)
+-- Lease one popped job to the worker. f: its fields, as take reads them (below); delays: the
+-- delay observations of this take (_metrics.lua tally)
+local function lease(id, jobkey, f, ARGV, remote, leases, delays)
   local now, worker = ARGV[2], ARGV[4]
+  if (f[5] or '0') == '0' and f[2] then
+    tally(delays, DELAY_MS, DELAY_LE, tonumber(now) - tonumber(f[2]))
+  end
   local attempt = string.format('%d', tonumber(f[4] or '0') + 1)
   local tries = string.format('%d', tonumber(f[5] or '0') + 1)
   if remote then
@@ -44,7 +50,7 @@ register('take', function(KEYS, ARGV)
   local count = tonumber(ARGV[6])
   -- for a RunPod-protocol worker: deadline/id pairs for the deadlines zset, ids for its held set
   local remote = KEYS[3] ~= nil and {deadlines = {}, ids = {}} or nil
-  local taken, skipped, leases = {}, 0, {}
+  local taken, skipped, leases, delays = {}, 0, {}, {}
   while #taken < count and skipped < 64 do
     local want = count - #taken
     local popped = redis.call('ZPOPMIN', KEYS[1], want)
@@ -55,7 +61,7 @@ register('take', function(KEYS, ARGV)
                            'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
                            'error')
       if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
-        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases)
+        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases, delays)
       else
         skip(ep, id, jobkey, f, ARGV)
         skipped = skipped + 1
@@ -68,6 +74,7 @@ register('take', function(KEYS, ARGV)
   -- only wake a worker to find nothing)
   if redis.call('EXISTS', KEYS[1]) == 1 then ring(ep) else redis.call('DEL', K_bell(ep)) end
   bulk('ZADD', KEYS[2], nil, leases)
+  tally_write(K_hist_delay(ep), delays)
   if remote and #remote.ids > 0 then
     bulk('ZADD', KEYS[3], nil, remote.deadlines)
     bulk('SADD', KEYS[4], nil, remote.ids)

@@ -267,9 +267,13 @@ async def test_pause_resume_and_scale_to_zero_write_the_registry(
 async def test_delete_endpoint(gateway: Gateway, registry: Registry) -> None:
     endpoint = await make_endpoint(gateway)
     await gateway.call("POST", f"/v1/endpoints/{endpoint['id']}/scale-to-zero")
+    logs, recent = keys.logs(endpoint["id"]), keys.RECENT.format(endpoint["id"])
+    await registry.redis.xadd(logs, {"line": "hello"})
+    await registry.redis.zadd(recent, {"job-1": 1})
     deleted = await gateway.call("DELETE", f"/v1/endpoints/{endpoint['id']}")
     assert deleted.body == {"id": endpoint["id"], "deleted": True}
     assert await registry.get_endpoint(endpoint["id"]) is None
+    assert await registry.redis.exists(logs, recent) == 0  # its log lines and recent-jobs list went too
     assert await registry.scale_to_zero_requested() == set()
     again = await gateway.call("DELETE", f"/v1/endpoints/{endpoint['id']}")
     assert again.status == 404
@@ -318,6 +322,7 @@ async def test_openapi_documents_the_admin_routes(gateway: Gateway) -> None:
         "/v1/endpoints/{endpoint_id}/pause": {"post"},
         "/v1/endpoints/{endpoint_id}/resume": {"post"},
         "/v1/endpoints/{endpoint_id}/scale-to-zero": {"post"},
+        "/v1/endpoints/{endpoint_id}/logs": {"get"},
         "/v1/keys": {"get", "post"}, "/v1/keys/{digest}": {"delete"},
     } == {p: set(ops) for p, ops in paths.items() if p.startswith("/v1")}
     create = paths["/v1/endpoints"]["post"]

@@ -168,6 +168,9 @@ async def test_two_gateway_replicas_deliver_once(
         ("example.com/hook", False),
         ("https://", False),
         ("http://[::1", False),
+        ("https://0*", False),  # the host holds a character no host name has (the fuzzer's find)
+        ("https://user@example.com/", False),  # credentials in a webhook URL: not accepted
+        ("https://[2606:4700::1111]:8443/x", True),
     ],
 )
 def test_only_absolute_http_urls_are_accepted(url: str, ok: bool) -> None:
