@@ -67,6 +67,9 @@ class Route:
     public: bool = False
     admin: bool = False  # needs the admin key (403 for any other valid key)
     empty: str = ""  # when set, the route may answer 204 No Content, for this reason
+    # the body of the errors the handler answers itself (the middlewares' 401, 403, 413, 429 and
+    # 503 are always ErrorReply): OpenAI's shape on the /openai/v1 routes
+    error_reply: type = ErrorReply
 
 
 def _version() -> str:
@@ -99,6 +102,9 @@ def _param_schema(p: Param) -> dict[str, Any]:
     return schema
 
 
+_MIDDLEWARE_ERRORS = frozenset({401, 403, 413, 429, 503})  # answered before a route's handler
+
+
 def _responses(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     ok = {"description": "OK"}
     if route.reply is not None:
@@ -107,9 +113,9 @@ def _responses(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
     if route.empty:
         out["204"] = {"description": route.empty}
     codes = route.errors if route.public else (400, 401, 403, 404, 429, 503, *route.errors)
-    error = _json_content(refs[ErrorReply])
     for code in sorted(set(codes)):
-        out[str(code)] = {"description": _ERROR_TEXT[code], "content": error}
+        body = ErrorReply if code in _MIDDLEWARE_ERRORS else route.error_reply
+        out[str(code)] = {"description": _ERROR_TEXT[code], "content": _json_content(refs[body])}
     return out
 
 
@@ -128,7 +134,7 @@ def _operation(route: Route, method: str, refs: dict[type, dict[str, Any]]) -> d
 
 
 def _schemas(routes: Iterable[Route]) -> tuple[dict[type, dict[str, Any]], dict[str, Any]]:
-    types = {t for r in routes for t in (r.body, r.reply) if t is not None}
+    types = {t for r in routes for t in (r.body, r.reply, r.error_reply) if t is not None}
     ordered = sorted(types | {ErrorReply}, key=lambda t: t.__name__)
     refs, components = msgspec.json.schema_components(ordered, ref_template=_REF)
     return dict(zip(ordered, refs)), components

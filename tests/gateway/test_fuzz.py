@@ -79,7 +79,8 @@ schema.config.generation.update(
 
 
 def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """Every 4xx/5xx, documented or not (405, 413 ...), is `{"error": "<text>"}` JSON."""
+    """Every 4xx/5xx, documented or not (405, 413 ...), is `{"error": "<text>"}` JSON; on the
+    OpenAI routes a handler's own error is OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
     if response.status_code < 400:
         return None
     content_type = response.headers.get("content-type", [""])[0]
@@ -87,7 +88,12 @@ def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | N
         f"{response.status_code} answered as {content_type!r}: {response.text[:200]!r}"
     )
     body = response.json()
-    assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), body
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    if "/openai/v1/" in case.path and isinstance(body["error"], dict):  # OpenAI's shape there
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        assert isinstance(body["error"]["message"], str), body
+    else:
+        assert isinstance(body["error"], str), body
     return True
 
 

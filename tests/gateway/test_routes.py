@@ -189,6 +189,9 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
         "/v2/{endpoint_id}/job-take/{worker_id}", "/v2/{endpoint_id}/job-take-batch/{worker_id}",
         "/v2/{endpoint_id}/job-done/{worker_id}/{job_id}", "/v2/{endpoint_id}/job-stream/{worker_id}/{job_id}",
         "/v2/{endpoint_id}/ping/{worker_id}", "/v2/{endpoint_id}/job-stop/{worker_id}",
+        # OpenAI's API as RunPod serves it (serverless/gateway/openai_routes.py)
+        "/v2/{endpoint_id}/openai/v1/chat/completions", "/v2/{endpoint_id}/openai/v1/completions",
+        "/v2/{endpoint_id}/openai/v1/models",
     } == {p for p in spec["paths"] if not p.startswith("/v1/")}  # /v1: tests/admin
     run = spec["paths"]["/v2/{endpoint_id}/run"]["post"]
     assert run["requestBody"]["content"]["application/json"]["schema"] == {
@@ -197,6 +200,11 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     assert {"200", "400", "401", "404", "413", "429"} <= set(run["responses"])
     assert "input" in spec["components"]["schemas"]["RunRequest"]["required"]
     assert set(spec["paths"]["/v2/{endpoint_id}/status/{job_id}"]) == {"get", "post"}
+    chat = spec["paths"]["/v2/{endpoint_id}/openai/v1/chat/completions"]["post"]["responses"]
+    assert chat["400"]["content"]["application/json"]["schema"] == {  # the handler's: OpenAI's shape
+        "$ref": "#/components/schemas/OpenAIErrorReply"}
+    assert chat["401"]["content"]["application/json"]["schema"] == {  # the auth middleware's
+        "$ref": "#/components/schemas/ErrorReply"}
 
 
 async def test_unknown_route_and_wrong_method_are_json(gateway: Gateway, endpoint: str) -> None:
