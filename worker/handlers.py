@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from enum import StrEnum
 from typing import Any
 
@@ -50,6 +50,10 @@ class JobThreads(ThreadPoolExecutor):
     Python cannot stop a thread: a sync handler that ran past its timeout keeps its thread
     (and a share of the GIL) until it returns, maybe never. `busy(job_id)` tells the worker
     whether that happened, so it can replace its process once its other jobs are done.
+
+    Each call runs in a copy of the submitting task's context, so sync handler code sees the
+    job id its task set (`current_job`): the log shipper (worker/log_shipper.py) tags what it
+    prints with its own job, whatever the concurrency.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
@@ -58,7 +62,7 @@ class JobThreads(ThreadPoolExecutor):
         self._busy_lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future = super().submit(fn, *args, **kwargs)
+        future = super().submit(copy_context().run, fn, *args, **kwargs)
         job_id = current_job.get()
         if job_id is not None:
             with self._busy_lock:

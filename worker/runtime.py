@@ -8,7 +8,6 @@ an idle worker starts a new job within a Redis round trip of its submission.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import signal
@@ -53,15 +52,6 @@ class ActiveJob:
         self.finishing = False  # the result is being written: the fenced write settles it
 
 
-class _JobContextThreads(handlers.JobThreads):
-    """The handler pool, running each call in a copy of the submitting task's context: sync
-    handler code sees the job id its task set (handlers.current_job), so the log shipper
-    (worker/log_shipper.py) tags what it prints with its own job, whatever the concurrency."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
-
-
 class Deadline(msgspec.Struct, frozen=True):
     """A running job as the watchdog thread sees it (worker/watchdog.py)."""
 
@@ -87,7 +77,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._pool = _JobContextThreads(max_workers=256, thread_name_prefix="podq-handler")
+        self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")
         # job id -> Deadline; written on the loop, read by the watchdog thread (dict copies
         # are atomic under the GIL)
         self.deadlines: dict[str, Deadline] = {}

@@ -36,7 +36,6 @@ from serverless.store import now_ms
 
 NUMBERS_EVERY_S = 1.0
 LOG_BLOCK_MS = 5_000  # a quiet log stream sends a keep-alive comment this often
-_HEADERS = {"Content-Type": sse.MEDIA_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def until_closing(request: web.Request, pump: Coroutine[Any, Any, None]) -> None:
@@ -55,17 +54,11 @@ async def until_closing(request: web.Request, pump: Coroutine[Any, Any, None]) -
         raise error
 
 
-async def _prepared(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers=_HEADERS)
-    await response.prepare(request)
-    return response
-
-
 async def numbers_stream(request: web.Request) -> web.StreamResponse:
     """GET /console/live/numbers[?endpoint=]: one `data:` event of cell texts per interval."""
     store = request.app[state.STORE]
     only = request.query.get("endpoint")
-    response = await _prepared(request)
+    response = await sse.prepare(request)
 
     async def pump() -> None:
         loop = asyncio.get_running_loop()
@@ -100,7 +93,7 @@ async def log_lines(request: web.Request) -> web.StreamResponse:
     query = worker_logs.parse_query({k: v for k, v in request.query.items() if k in ("job", "worker")})
     after = request.headers.get("Last-Event-ID") or request.query.get("after") or worker_logs.START
     cursor = worker_logs.parse_since(after)
-    response = await _prepared(request)
+    response = await sse.prepare(request)
 
     async def pump() -> None:
         async with aclosing(worker_logs.follow(redis, request.match_info["endpoint_id"], query,

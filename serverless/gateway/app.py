@@ -231,9 +231,8 @@ def create_app(
     options = options or GatewayOptions()
     limits = options.limits if options.limits is not None else limits_from_settings(settings)
     admin = options.admin_key if options.admin_key is not None else admin_key_from_env()
-    outside, inside = metrics.middlewares(settings)  # none when PODQ_METRICS=false
-    app = web.Application(
-        middlewares=[*outside, error_middleware, *inside, console.gate, auth_middleware,
+    app = web.Application(  # metrics: none when PODQ_METRICS=false
+        middlewares=[*metrics.middlewares(settings), error_middleware, console.gate, auth_middleware,
                      rate_limit_middleware],  # console.gate: /console's own session check
         client_max_size=max(limits.run_max_bytes, limits.runsync_max_bytes) + 1,
     )
@@ -254,6 +253,7 @@ def create_app(
     app[state.KNOWN] = KnownEndpoints(store.redis, store.stale_after_ms)
     table = ALL_ROUTES + metrics.routes(settings)  # /metrics: text, not in openapi.json
     app[state.ADMIN_ROUTES] = frozenset(r.name for r in table if r.admin)
+    app[state.PUBLIC_ROUTES] = frozenset(r.name for r in table if r.public)
     app[state.OPENAPI] = json_encode(api_spec())
     _add_routes(app, table)
     console.install(app)  # /console: the web console and its history sampler

@@ -28,8 +28,6 @@ from serverless.model import ApiKey
 from serverless.store import now_ms
 
 ADMIN_KEY_ENV = "PODQ_API_KEY"
-# Routes anyone may call: liveness probes and the API description.
-PUBLIC_ROUTES = frozenset({"healthz", "openapi"})
 
 MISSING_KEY = (
     "missing API key: send `Authorization: Bearer <key>` "
@@ -196,7 +194,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Refuse (401) any request to a non-public route without a valid key, and (403) any
     request to an admin route whose key is not the admin key, a worker route whose key is not
     a worker key (or the admin key), or any other route with a worker key."""
-    if request.match_info.route.name in PUBLIC_ROUTES:
+    if request.match_info.route.name in request.app[state.PUBLIC_ROUTES]:  # Route.public
         return await handler(request)
     refusal = await _refusal(request)
     if refusal is None:

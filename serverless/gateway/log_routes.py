@@ -94,9 +94,7 @@ def _lines_events(lines: list[LogLine]) -> bytes:
 async def _events(request: web.Request, redis: Redis, endpoint: str, query: LogQuery,
                   after: str) -> web.StreamResponse:
     """The SSE answer: the tail (when there is no cursor), then every new matching line."""
-    response = web.StreamResponse(headers={
-        "Content-Type": sse.MEDIA_TYPE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await response.prepare(request)
+    response = await sse.prepare(request)
     try:
         if not after:
             reply = await worker_logs.read(redis, endpoint, query)

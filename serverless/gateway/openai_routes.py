@@ -251,10 +251,7 @@ class _OpenAIPump(sse._Pump):
 
     async def _send(self, data: bytes) -> None:
         if self.response is None:
-            self.response = web.StreamResponse(headers={
-                "Content-Type": sse.MEDIA_TYPE, "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no", JOB_HEADER: self.job_id})
-            await self.response.prepare(self.request)
+            self.response = await sse.prepare(self.request, **{JOB_HEADER: self.job_id})
         await super()._send(data)
 
     async def _ended(self, sub: Subscription) -> bool:

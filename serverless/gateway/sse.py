@@ -84,14 +84,16 @@ def chunk_events(chunks: list[Chunk]) -> bytes:
     return b"".join([format_event(encode(StreamItem(c.output)), event_id=c.cursor) for c in chunks])
 
 
-async def _prepare(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": MEDIA_TYPE,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-        }
-    )
+HEADERS = {
+    "Content-Type": MEDIA_TYPE,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+}
+
+
+async def prepare(request: web.Request, **extra: str) -> web.StreamResponse:
+    """An event-stream response, sent its headers (`extra` ones added): every SSE route's start."""
+    response = web.StreamResponse(headers={**HEADERS, **extra})
     await response.prepare(request)
     return response
 
@@ -222,7 +224,7 @@ async def stream_events(
     Returns:
         The finished response.
     """
-    response = await _prepare(request)
+    response = await prepare(request)
     pump = _Pump(response, store, request.app[state.CHUNK_FANOUT], job_id)
     try:
         # its own task: a chunk then resumes the pump's frames, not also the ten of aiohttp's

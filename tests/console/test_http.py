@@ -222,7 +222,7 @@ async def test_jobs_page_lists_filters_and_searches(
 
 
 async def test_the_recent_index_is_capped(signed_in: Console, registered: str, store: JobStore) -> None:
-    from serverless.console.jobs import RECENT, RECENT_CAP
+    from serverless.keys import RECENT, RECENT_CAP
     from serverless.model import RunRequest
 
     request = RunRequest(input=msgspec.Raw(b"1"))
