@@ -36,15 +36,18 @@ runpod-venvs:
 	done; wait; for v in $(RUNPOD_VERSIONS); do test -f .venv-runpod/$$v/.installed || \
 	  { echo "could not build .venv-runpod/$$v (pip install runpod==$$v)"; exit 1; }; done
 
-# The wheel's valkey-server has no TLS: as root (CI), the suite also gets Debian's redis-server,
-# so its TLS cases run instead of skipping; without root they skip and say how to run them.
+# As root (CI), the suite also gets Debian's redis-server (the wheel's valkey-server has no TLS),
+# chromium (the console's browser tests) and iproute2 (the two-node swarm), so those run instead
+# of skipping; without root they skip and say how to run them.
 test: $(STAMP) redis-server runpod-venvs
-	@command -v redis-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
-	  echo "installing Debian's redis-server (TLS) for the suite's TLS cases"; \
-	  apt-get update -q && apt-get install -y -q redis-server; }
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium and fonts-liberation for the console's browser tests"; \
-	  apt-get update -q && apt-get install -y -q chromium fonts-liberation; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-liberation"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's$$missing (TLS cases, the console's browser tests, the two-node swarm)"; \
+	  apt-get update -q && apt-get install -y -q $$missing; \
+	fi
 	$(BIN)/python -m pytest
 
 # With PODQ_REDIS_URL set, `podq dev` uses that Redis and starts none.
