@@ -52,9 +52,18 @@ class WebhookPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 PRIVATE_HELP = "set PODQ_WEBHOOK_ALLOW_PRIVATE=true to allow private receivers"
 # what a webhook may be: an absolute http(s) URL whose host is a name, an IPv4 address or a
-# bracketed IPv6 one, an optional port, then a path, query or fragment; the OpenAPI document
-# states the same pattern
-URL_PATTERN = r"^https?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#].*)?$"
+# bracketed IPv6 one (RFC 3986's IPv6address, exactly what `ipaddress` takes, so a bracket the
+# pattern admits is never refused by urlsplit), an optional port, then a path, query or fragment;
+# the OpenAPI document states the same pattern
+_H16, _OCTET = "[0-9A-Fa-f]{1,4}", "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32 = f"({_H16}:{_H16}|{_OCTET}(\\.{_OCTET}){{3}})"
+_IPV6 = "|".join([
+    f"({_H16}:){{6}}{_LS32}", f"::({_H16}:){{5}}{_LS32}", f"({_H16})?::({_H16}:){{4}}{_LS32}",
+    f"(({_H16}:){{0,1}}{_H16})?::({_H16}:){{3}}{_LS32}", f"(({_H16}:){{0,2}}{_H16})?::({_H16}:){{2}}{_LS32}",
+    f"(({_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}", f"(({_H16}:){{0,4}}{_H16})?::{_LS32}",
+    f"(({_H16}:){{0,5}}{_H16})?::{_H16}", f"(({_H16}:){{0,6}}{_H16})?::",
+])
+URL_PATTERN = f"^https?://([A-Za-z0-9._~-]+|\\[({_IPV6})\\])(:[0-9]{{1,5}})?([/?#].*)?$"
 _URL = re.compile(URL_PATTERN)
 # What a delivery tells its observer: its outcome (once), and each retry before it.
 SUCCESS, FAILURE, REFUSED, RETRY = "success", "failure", "refused", "retry"

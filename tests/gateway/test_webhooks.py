@@ -171,6 +171,8 @@ async def test_two_gateway_replicas_deliver_once(
         ("https://0*", False),  # the host holds a character no host name has (the fuzzer's find)
         ("https://user@example.com/", False),  # credentials in a webhook URL: not accepted
         ("https://[2606:4700::1111]:8443/x", True),
+        ("http://[5ee]/x", False),  # brackets around what is not an IPv6 address (the fuzzer's find)
+        ("http://[::ffff:127.0.0.1]/x", True),
     ],
 )
 def test_only_absolute_http_urls_are_accepted(url: str, ok: bool) -> None:
