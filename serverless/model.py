@@ -203,6 +203,14 @@ class EndpointStatus(StrEnum):
     FAILED = "failed"  # workers cannot be started (bad template, no GPU...)
 
 
+class EndpointAccess(StrEnum):
+    """Who may call an endpoint's /v2 job routes (Hugging Face's endpoint `type`)."""
+
+    PUBLIC = "public"  # anyone, no key
+    PROTECTED = "protected"  # any valid key whose scope includes the endpoint (the default)
+    PRIVATE = "private"  # the admin key, or a key scoped to this endpoint by name
+
+
 class Template(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a worker runs (RunPod's create_template fields, plus a handler path)."""
 
@@ -250,6 +258,11 @@ class EndpointConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     # gateway rate limits (serverless/rates.py): "runpod", "run=500/10,runsync=1000/10", "off";
     # None or "": the gateway's default, PODQ_RATE_LIMITS (off unless set)
     rate_limits: str | None = None
+    # who may call the /v2 job routes (EndpointAccess)
+    access: EndpointAccess = EndpointAccess.PROTECTED
+    # post-inference webhook: called after every job of the endpoint (a request's own webhook
+    # is called too)
+    webhook: str | None = None
     # bumped on every change workers must pick up (template); old workers are rolled
     version: int = 1
     status: EndpointStatus = EndpointStatus.PENDING

@@ -82,6 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_buffer_lines: Annotated[int, msgspec.Meta(ge=100)] = 10_000
     # how often a worker sends its lines (one pipelined call; sooner when 500 are waiting)
     log_flush_ms: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 100
+    # ---- files podq keeps: batch inputs and results, model bundles (serverless/objects) ----
+    # where: a local directory (default) or an S3-compatible bucket, `s3://bucket[/prefix]`
+    data_dir: str = ".podq/data"
+    object_store: str = ""  # "" : data_dir; "s3://bucket/prefix": that bucket (credentials: AWS_*)
+    s3_endpoint_url: str = ""  # an S3-compatible server (SeaweedFS, MinIO...); "" : AWS
 
     def __post_init__(self) -> None:
         if self.metrics_public and not self.metrics:
@@ -143,6 +148,9 @@ _ENV = {
     "log_stream_maxlen": "PODQ_LOG_STREAM_MAXLEN",
     "log_buffer_lines": "PODQ_LOG_BUFFER_LINES",
     "log_flush_ms": "PODQ_LOG_FLUSH_MS",
+    "data_dir": "PODQ_DATA_DIR",
+    "object_store": "PODQ_OBJECT_STORE",
+    "s3_endpoint_url": "PODQ_S3_ENDPOINT_URL",
 }
 
 

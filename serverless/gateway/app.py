@@ -19,7 +19,10 @@ from aiohttp import web
 from serverless import console, periodic
 from serverless.codec import json_encode
 from serverless.gateway import admin_routes as admin
-from serverless.gateway import key_routes, log_routes, metrics, openai_routes, routes, state
+from serverless.gateway import (
+    batch_routes, bundle_routes, graphql_routes, hf_routes, key_routes, log_routes, metrics,
+    openai_routes, routes, state,
+)
 from serverless.gateway import worker_routes as wr
 from serverless.gateway.auth import KeyChecker, admin_key_from_env, auth_middleware
 from serverless.gateway.chunk_fanout import ChunkFanout, fanout_lifecycle
@@ -136,7 +139,8 @@ ADMIN_ROUTES: tuple[Route, ...] = (
           "Revoke a key by its digest", reply=key_routes.Revoked, admin=True),
 )
 # + /v1/endpoints/{id}/logs, + /v2/{endpoint_id}/openai/v1/... (RunPod's OpenAI-compatible route)
-ALL_ROUTES = ROUTES + WORKER_ROUTES + ADMIN_ROUTES + log_routes.ROUTES + openai_routes.ROUTES
+ALL_ROUTES = (ROUTES + WORKER_ROUTES + ADMIN_ROUTES + log_routes.ROUTES + openai_routes.ROUTES
+              + hf_routes.ROUTES + graphql_routes.ROUTES + batch_routes.ROUTES + bundle_routes.ROUTES)
 
 _POLICY_MS = {"minimum": 1, "maximum": routes.POLICY_MAX_MS}
 # what the handlers check beyond the Structs' types, so the document promises no more than they take

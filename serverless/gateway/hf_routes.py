@@ -1,0 +1,7 @@
+"""POST /v2/{endpoint_id}/hf: Hugging Face-style inference (issue 14): being built; the route table is empty until it lands."""
+
+from __future__ import annotations
+
+from serverless.gateway.openapi import Route
+
+ROUTES: tuple[Route, ...] = ()
