@@ -141,7 +141,8 @@ async def test_create_endpoint_answers_every_field_with_runpods_defaults(gateway
         "workers_min": 0, "workers_max": 3, "idle_timeout": 5, "scaler_type": "QUEUE_DELAY",
         "scaler_value": 4.0, "execution_timeout_ms": 600000, "cpus": 0.0, "memory_gb": 0.0,
         "flashboot": False, "labels": {},
-        "backend": "process", "paused": False, "rate_limits": None, "version": 1,
+        "backend": "process", "paused": False, "rate_limits": None, "access": "protected", "webhook": None,
+        "version": 1,
         "status": "pending", "status_reason": "", "created_at": 0, "updated_at": 0,
     }
 
