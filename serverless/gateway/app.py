@@ -32,6 +32,7 @@ from serverless.gateway.limits import Limits, RateLimiter, limits_from_settings,
 from serverless.gateway.openapi import ID_PATTERN, Param, Refinements, Route, build_spec, openapi_json
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamReply
 from serverless.gateway.webhooks import URL_PATTERN, WebhookDispatcher, WebhookPolicy
+from serverless.objects import open_store
 from serverless.model import ApiKey, EndpointConfig, Health, RunRequest, StatusBody, Template
 from serverless.registry import Registry
 from serverless.runpod_protocol import DoneBody, StreamBody
@@ -208,6 +209,11 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.close()
 
 
+async def _objects(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[state.OBJECTS].close()
+
+
 async def _closing(app: web.Application) -> None:
     app[state.CLOSING].set()
 
@@ -255,6 +261,7 @@ def create_app(
     app.on_shutdown.append(_closing)
     app[state.REGISTRY] = Registry(store.redis)
     app[state.KNOWN] = KnownEndpoints(store.redis, store.stale_after_ms)
+    app[state.OBJECTS] = open_store(settings)
     table = ALL_ROUTES + metrics.routes(settings)  # /metrics: text, not in openapi.json
     app[state.ADMIN_ROUTES] = frozenset(r.name for r in table if r.admin)
     app[state.PUBLIC_ROUTES] = frozenset(r.name for r in table if r.public)
@@ -263,5 +270,5 @@ def create_app(
     console.install(app)  # /console: the web console and its history sampler
     app[state.CHUNK_FANOUT] = ChunkFanout(store.redis)  # SSE: one shared chunk reader
     metrics.install(app, settings)
-    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle])
+    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle, _objects])
     return app

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from serverless.gateway.known_endpoints import KnownEndpoints
     from serverless.gateway.limits import Limits, RateLimiter
     from serverless.gateway.webhooks import WebhookPolicy
+    from serverless.objects import ObjectStore
     from serverless.registry import Registry
     from serverless.settings import Settings
     from serverless.store import JobStore
@@ -29,6 +30,8 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("podq_limiter")
 WEBHOOK_POLICY: web.AppKey[WebhookPolicy] = web.AppKey("podq_webhook_policy")
 OPENAPI: web.AppKey[bytes] = web.AppKey("podq_openapi")
 REGISTRY: web.AppKey[Registry] = web.AppKey("podq_registry")
+# where batch inputs / results and model bundles are kept (PODQ_DATA_DIR or PODQ_OBJECT_STORE)
+OBJECTS: web.AppKey[ObjectStore] = web.AppKey("podq_objects")
 # which endpoints exist (registered, served by a live worker, or holding jobs), cached briefly
 KNOWN: web.AppKey[KnownEndpoints] = web.AppKey("podq_known_endpoints")
 # names of the routes that need the admin key (the route table's `admin` rows)
