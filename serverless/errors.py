@@ -2,6 +2,7 @@
 
     PodqError                      base of everything podq raises on purpose
     ├── ConfigError                a setting is missing or malformed (names the PODQ_* variable)
+    │   └── StorageUnavailable     the object store (S3) cannot be used      -> HTTP 503
     ├── RedisUnavailable           Redis cannot be reached (names the URL and the fix)
     ├── BadRequest                 input a caller sent is malformed          -> HTTP 400
     ├── Unauthorized               missing or wrong API key                  -> HTTP 401
@@ -30,6 +31,12 @@ class PodqError(Exception):
 
 class ConfigError(PodqError):
     """A setting is missing or malformed."""
+
+
+class StorageUnavailable(ConfigError):
+    """The object store cannot be used: unreachable, no bucket, refused credentials."""
+
+    status_code = 503
 
 
 class RedisUnavailable(PodqError):

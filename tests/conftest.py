@@ -11,6 +11,7 @@ from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
 from serverless.redis_server import RedisProcess
+from tests.s3_server import SeaweedS3
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,15 @@ async def register(store: JobStore, endpoint: str) -> EndpointConfig:
     template = await registry.put_template(Template(id=f"t-{endpoint}", name=endpoint, handler="handler.py"))
     return await registry.put_endpoint(
         EndpointConfig(id=endpoint, name=endpoint, template_id=template.id, paused=True))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A real S3 server (SeaweedFS `weed mini`) for the session: .url, .bucket, .key, .secret
+    (and .env, the AWS_* variables). Tests share the bucket: give each its own key prefix."""
+    try:
+        server = SeaweedS3().start()
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
