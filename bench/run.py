@@ -24,7 +24,7 @@ from bench.report import Section, draw, report_markdown, section_markdown
 SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
              "runpod_worker", "redis_cpu",
              "metrics_cost", "fleet",
-             "log_shipping")
+             "log_shipping", "batch")
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -6,7 +6,9 @@ RunPod's rules (shared/reference/runpod-api.md 4.4, shared/DESIGN.md "Scaling"):
   at a time: not while a worker it started is still booting (RunPod does not say; without this
   a cold start longer than scaler_value would start a worker every tick).
 - REQUEST_COUNT (scaler_value = jobs per worker): ceil((in_queue + in_progress) / scaler_value).
-- lowPriority jobs never cause a scale-up (they wait for workers that exist).
+- lowPriority jobs never cause a scale-up (they wait for workers that exist), except from zero:
+  an endpoint with only lowPriority work queued gets one worker, or a batch (serverless/batches
+  queues its inputs lowPriority) sent to an idle endpoint would wait forever.
 - Always within workers_min..workers_max; paused means 0; scale-to-zero means 0 until a job comes.
 Scaling *down* is not decided here: a target below the current count only allows the
 reconciler to stop workers that have been idle for idle_timeout (see reconcile.py).
@@ -50,6 +52,8 @@ def desired_workers(observed: Observed, endpoint: EndpointConfig) -> int:
         wanted = math.ceil((q.in_queue_normal + q.in_progress) / endpoint.scaler_value)
     else:
         wanted = _queue_delay(observed, endpoint)
+    if wanted == 0 and q.in_queue > q.in_queue_normal:
+        wanted = 1  # lowPriority work and no worker: one, never more
     return clamp(wanted, endpoint)
 
 

@@ -4,6 +4,7 @@ Worker side:  serverless.start({"handler": fn}), serverless.progress_update(job,
 Client side:  serverless.Endpoint, Job, AsyncioEndpoint, AsyncioJob
 Admin:        serverless.create_template, create_endpoint (-> ManagedEndpoint), get_endpoints,
               update_endpoint, delete_endpoint, ... (RunPod's names, over the /v1 admin API)
+Batches:      serverless.batch(endpoint_id, inputs=path | iterable, url=...) -> BatchHandle
 Settings:     serverless.api_key, serverless.endpoint_url_base (else PODQ_API_KEY,
               PODQ_ENDPOINT_BASE_URL)
 
@@ -23,6 +24,7 @@ __all__ = [
     "Job",
     "ManagedEndpoint",
     "api_key",
+    "batch",
     "create_endpoint",
     "create_template",
     "delete_endpoint",
@@ -45,6 +47,7 @@ endpoint_url_base: str | None = None
 _LAZY = {
     "start": "worker",
     "progress_update": "worker",
+    "batch": "serverless.batches.client",
     "Endpoint": "serverless.client",
     "Job": "serverless.client",
     "AsyncioEndpoint": "serverless.client",

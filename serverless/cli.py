@@ -23,6 +23,12 @@ def _worker_env(argv: list[str]) -> None:
     env_main(argv)
 
 
+def _batch(argv: list[str]) -> None:
+    from serverless.batches.cli import main
+
+    main(argv)
+
+
 def _deploy(argv: list[str]) -> None:
     from serverless.deploy.cli import main
 
@@ -72,6 +78,8 @@ def _keys(argv: list[str]) -> None:
 
 
 COMMANDS = {
+    "batch": (_batch, "batch jobs: podq batch submit FILE --endpoint ID [--wait] | status|results|"
+              "cancel|retry|delete ID | list"),
     "deploy": (_deploy, "print the control plane for a cluster: podq deploy kubernetes "
                "[--namespace N] [--redis-url U] > podq.yaml"),
     "dev": (_dev, "gateway + Redis + workers for one handler: podq dev handler.py"),

@@ -87,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = ".podq/data"
     object_store: str = ""  # "" : data_dir; "s3://bucket/prefix": that bucket (credentials: AWS_*)
     s3_endpoint_url: str = ""  # an S3-compatible server (SeaweedFS, MinIO...); "" : AWS
+    # the largest batch input file POST /v1/batches takes (an upload or a URL's body), in bytes
+    batch_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 << 30
 
     def __post_init__(self) -> None:
         if self.metrics_public and not self.metrics:
@@ -151,6 +153,7 @@ _ENV = {
     "data_dir": "PODQ_DATA_DIR",
     "object_store": "PODQ_OBJECT_STORE",
     "s3_endpoint_url": "PODQ_S3_ENDPOINT_URL",
+    "batch_max_bytes": "PODQ_BATCH_MAX_BYTES",
 }
 
 

@@ -34,14 +34,17 @@ RC = dict(scaler_type=ScalerType.REQUEST_COUNT, scaler_value=2, workers_min=0, w
         (obs(workers=2, running=1), ep(QD), 1),  # nothing waits: idle workers may go
         (obs(workers=2), ep(QD, workers_min=1), 1),  # ... down to workers_min
         (obs(workers=0), ep(QD, workers_min=2), 2),  # workers_min is kept even when idle
-        (obs(workers=0, low=10), ep(QD), 0),  # lowPriority jobs never cause a scale-up
+        (obs(workers=0, low=10), ep(QD), 1),  # lowPriority jobs and no worker: one (a batch runs)
+        (obs(workers=1, low=10, wait_s=60), ep(QD), 1),  # ... and never more
+        (obs(workers=0, low=10), ep(QD, paused=True), 0),  # paused still means none
         (obs(workers=1, queued=1, low=9, wait_s=9), ep(QD), 2),  # ... but normal jobs do
         # REQUEST_COUNT
         (obs(workers=0, queued=1), ep(RC), 1),  # ceil(1 / 2)
         (obs(workers=1, queued=3, running=2), ep(RC), 3),  # ceil((3 + 2) / 2)
         (obs(workers=1, queued=30), ep(RC), 5),  # capped at workers_max
         (obs(workers=4, running=1), ep(RC), 1),  # load fell: the target falls
-        (obs(workers=0, low=8), ep(RC), 0),  # lowPriority jobs are not counted
+        (obs(workers=0, low=8), ep(RC), 1),  # lowPriority jobs are not counted, beyond one worker
+        (obs(workers=1, low=8, running=1), ep(RC), 1),
         # lifecycle
         (obs(workers=2, queued=9, wait_s=9), ep(QD, paused=True), 0),  # paused: no workers
         (obs(workers=2, zero=True), ep(QD, workers_min=2), 0),  # scale_to_zero beats workers_min

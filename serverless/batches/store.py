@@ -1,0 +1,256 @@
+"""BatchStore: batches in Redis. Every key a batch uses is spelled here.
+
+    podq:batch:{id}            hash: `meta` (the Meta JSON, written once), the round's state and
+                               cursor, `written`, counters per result status, `rate`
+    podq:batch:{id}:inflight   set: indices submitted as jobs, not yet collected
+    podq:batch:{id}:ready      hash: index -> result line, finished but not yet in a results part
+    podq:batch:{id}:lease      which gateway replica runs the batch (SET NX PX, renewed)
+    podq:batches               zset: every batch by creation time (GET /v1/batches)
+    podq:batches:active        set: batches a runner must drive (RUNNING, CANCELLING)
+
+Redis holds, per batch, at most max_in_flight jobs and in-flight entries and at most
+plan.window() ready lines: never the file. Each runner step is one MULTI/EXEC, so a crash
+leaves the batch at the end of a step (runner.py explains why every step is safe to redo).
+The state moves (cancel, finish, a new round) are compare-and-set scripts, so a cancel and the
+runner's own end never overwrite each other. (Like scaler/leader.py's lease, these small
+scripts live with their owner rather than in serverless/lua/: they touch no job.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+from redis.asyncio import Redis
+
+from serverless import keys
+from serverless.batches import plan
+from serverless.batches.model import ACTIVE_STATES, RESULT_STATUSES, Batch, BatchState, Cursor
+
+PREFIX = "podq:batch:"
+ALL = "podq:batches"
+ACTIVE = "podq:batches:active"
+LIST_MAX = 1000
+
+
+def _key(batch_id: str, part: str = "") -> str:
+    return f"{PREFIX}{batch_id}" + (f":{part}" if part else "")
+
+
+class Meta(msgspec.Struct, kw_only=True):
+    """What is fixed when a batch is created."""
+
+    id: str
+    endpoint_id: str
+    format: str
+    total: int
+    created_at: int
+    input_key: str
+    max_in_flight: int
+    low_priority: bool = True
+    execution_timeout_ms: int | None = None
+    source: str = ""
+    input_bytes: int = 0
+    header: list[str] | None = None  # CSV columns
+    start: Cursor = Cursor()  # where inputs start (after a CSV header)
+
+
+class Row(msgspec.Struct, kw_only=True):
+    """A batch as stored: its Meta and where it stands."""
+
+    meta: Meta
+    state: BatchState
+    round: int = 0
+    cursor: Cursor = Cursor()
+    exhausted: bool = False  # this round has read the whole file
+    written: int = 0
+    counts: dict[str, int] = {}
+    rate: float = 0.0
+    started_at: int = 0
+    finished_at: int | None = None
+    in_flight: int = 0
+
+
+_meta = msgspec.json.Decoder(Meta)
+_CAS = """
+local now = redis.call('HGET', KEYS[1], 'state')
+if not now then return 0 end
+for i = 3, #ARGV do if ARGV[i] == now then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(cjson.decode(ARGV[2])))
+  if ARGV[1] == 'RUNNING' or ARGV[1] == 'CANCELLING' then redis.call('SADD', KEYS[2], KEYS[3])
+  else redis.call('SREM', KEYS[2], KEYS[3]) end
+  return 1
+end end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _row(fields: dict[bytes, bytes], in_flight: int) -> Row:
+    f = {k.decode(): v for k, v in fields.items()}
+    num = lambda name, default=0: int(f[name]) if name in f else default  # noqa: E731
+    return Row(
+        meta=_meta.decode(f["meta"]), state=BatchState(f["state"].decode()), round=num("round"),
+        cursor=Cursor(num("c_index"), num("c_offset"), num("c_line", 1)),
+        exhausted=f.get("exhausted") == b"1", written=num("written"),
+        counts={s: num(s) for s in RESULT_STATUSES}, rate=float(f.get("rate", b"0")),
+        started_at=num("started_at"), finished_at=num("finished_at") if "finished_at" in f else None,
+        in_flight=in_flight,
+    )
+
+
+def _cursor_fields(c: Cursor) -> dict[str, int]:
+    return {"c_index": c.index, "c_offset": c.offset, "c_line": c.line}
+
+
+class BatchStore:
+    """Batch reads and writes on one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._cas = redis.register_script(_CAS)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    # ---- records ----------------------------------------------------------------------
+
+    async def create(self, meta: Meta, now: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(meta.id), mapping={
+                "meta": msgspec.json.encode(meta), "state": BatchState.RUNNING.value, "round": 0,
+                **_cursor_fields(meta.start), "written": 0, "started_at": now,
+            })
+            pipe.zadd(ALL, {meta.id: meta.created_at})
+            pipe.sadd(ACTIVE, meta.id)
+            await pipe.execute()
+
+    async def read(self, batch_id: str) -> Row | None:
+        if not keys.valid_id(batch_id):
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(_key(batch_id))
+            pipe.scard(_key(batch_id, "inflight"))
+            fields, in_flight = await pipe.execute()
+        return _row(fields, in_flight) if fields and b"meta" in fields else None
+
+    async def ids(self) -> list[str]:
+        """The newest LIST_MAX batches, newest first."""
+        return [x.decode() for x in await self.redis.zrevrange(ALL, 0, LIST_MAX - 1)]
+
+    async def active(self) -> list[str]:
+        return sorted(x.decode() for x in await self.redis.smembers(ACTIVE))
+
+    async def delete(self, batch_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for part in ("", "inflight", "ready", "lease"):
+                pipe.delete(_key(batch_id, part))
+            pipe.zrem(ALL, batch_id)
+            pipe.srem(ACTIVE, batch_id)
+            await pipe.execute()
+
+    # ---- state moves (compare-and-set) -------------------------------------------------
+
+    async def move(self, batch_id: str, to: BatchState, sources: Iterable[BatchState],
+                   fields: Mapping[str, str | int | float] | None = None) -> bool:
+        """Set the state to `to` (and `fields`) if it is one of `sources`; False otherwise."""
+        flat = [str(x) for kv in (fields or {}).items() for x in kv]
+        args = [to.value, msgspec.json.encode(flat), *(s.value for s in sources)]
+        return bool(await self._cas(keys=[_key(batch_id), ACTIVE, batch_id], args=args))
+
+    async def new_round(self, row: Row, now: int) -> bool:
+        """A retry round: the failed inputs run again, the others are carried over."""
+        fields = {"round": row.round + 1, **_cursor_fields(row.meta.start), "exhausted": 0,
+                  "written": 0, "FAILED": 0, "TIMED_OUT": 0, "rate": 0, "started_at": now}
+        moved = await self.move(row.meta.id, BatchState.RUNNING, [BatchState.COMPLETED], fields)
+        if moved:
+            await self.redis.hdel(_key(row.meta.id), "finished_at")
+        return moved
+
+    # ---- runner steps (one MULTI each) -------------------------------------------------
+
+    async def advance(self, batch_id: str, cursor: Cursor, exhausted: bool, submitted: Iterable[int],
+                      ready: Mapping[int, bytes], counted: Mapping[str, int]) -> None:
+        """Inputs read: the cursor moves past them, submitted ones are in flight, the others
+        (unreadable, or carried over from the last round) are ready results."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(batch_id), mapping={**_cursor_fields(cursor), "exhausted": int(exhausted)})
+            if submitted := list(submitted):
+                pipe.sadd(_key(batch_id, "inflight"), *submitted)
+            self._add_ready(pipe, batch_id, ready, counted)
+            await pipe.execute()
+
+    async def collect(self, batch_id: str, ready: Mapping[int, bytes], counted: Mapping[str, int],
+                      job_ids: Iterable[str]) -> None:
+        """Finished jobs: their lines are ready, they leave the in-flight set, and their job
+        records are deleted (the line holds all a batch user reads; Redis keeps no more)."""
+        job_ids = list(job_ids)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if ready:
+                pipe.srem(_key(batch_id, "inflight"), *ready)
+            self._add_ready(pipe, batch_id, ready, counted)
+            if job_ids:
+                pipe.delete(*(keys.job(j) for j in job_ids), *(keys.chunks(j) for j in job_ids))
+            await pipe.execute()
+
+    @staticmethod
+    def _add_ready(pipe, batch_id: str, ready: Mapping[int, bytes], counted: Mapping[str, int]) -> None:  # type: ignore[no-untyped-def]
+        if ready:
+            pipe.hset(_key(batch_id, "ready"), mapping=dict(ready))
+        for status, n in counted.items():
+            if n:
+                pipe.hincrby(_key(batch_id), status, n)
+
+    async def in_flight(self, batch_id: str) -> set[int]:
+        return {int(x) for x in await self.redis.smembers(_key(batch_id, "inflight"))}
+
+    async def ready(self, batch_id: str) -> set[int]:
+        return {int(x) for x in await self.redis.hkeys(_key(batch_id, "ready"))}
+
+    async def lines(self, batch_id: str, start: int, n: int) -> list[bytes]:
+        raw = await self.redis.hmget(_key(batch_id, "ready"), list(range(start, start + n)))
+        assert all(x is not None for x in raw), "a ready run has a gap"
+        return raw
+
+    async def written(self, batch_id: str, start: int, n: int) -> None:
+        """A results part [start, start + n) is stored: its lines leave Redis."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(_key(batch_id, "ready"), *range(start, start + n))
+            pipe.hset(_key(batch_id), "written", start + n)
+            await pipe.execute()
+
+    async def set_rate(self, batch_id: str, rate: float) -> None:
+        await self.redis.hset(_key(batch_id), "rate", f"{rate:.3f}")
+
+    # ---- the runner's lease ------------------------------------------------------------
+
+    async def take_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.redis.set(_key(batch_id, "lease"), owner, nx=True, px=ttl_ms))
+
+    async def renew_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[_key(batch_id, "lease")], args=[owner, ttl_ms]))
+
+    async def release_lease(self, batch_id: str, owner: str) -> None:
+        await self._release(keys=[_key(batch_id, "lease")], args=[owner])
+
+
+def to_batch(row: Row, results_url: str) -> Batch:
+    """The reply of GET /v1/batches/{id} (pure)."""
+    m = row.meta
+    counts = plan.counts(row.counts, total=m.total, next_index=row.cursor.index, in_flight=row.in_flight)
+    done = counts.completed + counts.failed + counts.cancelled + counts.timed_out
+    active = row.state in ACTIVE_STATES
+    return Batch(
+        id=m.id, endpoint_id=m.endpoint_id, state=row.state, format=m.format, total=m.total,
+        created_at=m.created_at, max_in_flight=m.max_in_flight, low_priority=m.low_priority,
+        execution_timeout_ms=m.execution_timeout_ms, source=m.source, input_bytes=m.input_bytes,
+        round=row.round, counts=counts, written=row.written, rate=row.rate if active else 0.0,
+        eta_s=plan.eta_s(m.total - done, row.rate) if active else None,
+        started_at=row.started_at, finished_at=row.finished_at, results_url=results_url,
+    )
