@@ -1,0 +1,1 @@
+"""A tiny Launch bundle for the tests: no requirements, loads in milliseconds."""
