@@ -20,11 +20,11 @@ from collections.abc import Callable
 import msgspec
 
 from scaler import gpus
-from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec
+from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec, container_settings
 from scaler.leader import Leader
 from scaler.worker_keys import endpoint_worker_key
 from scaler.policy import Observed, desired_workers
-from scaler.reconcile import Plan, Start, Stop, Timing, reconcile
+from scaler.reconcile import Plan, Start, Stop, Timing, reconcile, reported_status
 from serverless import lifecycle, nvml, runpod_protocol
 from serverless.metrics_store import ScalerTally, stop_action
 from serverless.model import (
@@ -179,8 +179,8 @@ class Scaler:
                          force_zero=endpoint.paused or (zero_requested and desired == 0))
         await self._report_pending(endpoint, handles, now)
         problem = await self._act(endpoint, backend, plan, handles, now)
-        status = EndpointStatus.FAILED if problem and plan.status is not EndpointStatus.RUNNING else plan.status
-        await self.registry.set_status(endpoint.id, status, problem or plan.reason)
+        await self.registry.set_status(endpoint.id, reported_status(plan.status, problem),
+                                       problem or plan.reason)
 
     async def _report_pending(self, endpoint: EndpointConfig, handles: list[WorkerHandle], now: int) -> None:
         """A worker the engine has not placed has no heartbeat of its own: the scaler writes one
@@ -247,6 +247,7 @@ class Scaler:
             env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
             labels=dict(endpoint.labels), protocol=template.protocol.value,
             cpus=endpoint.cpus, memory_mb=round(endpoint.memory_gb * 1024),
+            **container_settings(template),
         )
         if template.protocol is WorkerProtocol.RUNPOD:
             # the image's own entrypoint runs unchanged; it finds podq through RunPod's env

@@ -10,7 +10,9 @@ and its heartbeat in Redis (is it ready, idle or running, since when). Rules:
 - healthy workers of the endpoint's current version count toward the target; missing ones are
   started (never beyond workers_max);
 - workers of an older version are stopped once enough current ones are ready (rolling update:
-  a stopped worker drains its in-flight jobs first, so none is dropped);
+  a stopped worker drains its in-flight jobs first, so none is dropped); until then the
+  endpoint is `updating` (and `updateFailed` when the new version cannot start: see
+  `reported_status`);
 - above the target, only workers idle for idle_timeout are stopped, longest idle first;
   when the target is 0 because the endpoint is paused or scaled to zero, all are stopped.
 """
@@ -121,10 +123,11 @@ def reconcile(
     if missing:
         actions.append(Start(missing))
     ready = [x for x in current if x[2] in (Health.IDLE, Health.RUNNING)]
-    if len(ready) >= desired:
+    rolling = bool(old) and len(ready) < desired  # old workers serve until new ones are ready
+    if old and not rolling:
         actions += [Stop(h, f"rolled to version {endpoint.version}") for h, _, _ in old]
     actions += _idle_stops(endpoint, current, desired, now)
-    return Plan(actions, _status(endpoint, alive, desired), waiting)
+    return Plan(actions, _status(endpoint, alive, desired, rolling), waiting)
 
 
 def pending_reason(pending: list[WorkerHandle]) -> str:
@@ -156,9 +159,25 @@ def _idle_stops(endpoint: EndpointConfig, current: list, desired: int, now: int)
     return [Stop(h, f"idle for {endpoint.idle_timeout} s above the target") for _, h in idle[:surplus]]
 
 
-def _status(endpoint: EndpointConfig, alive: list, desired: int) -> EndpointStatus:
+def reported_status(planned: EndpointStatus, problem: str) -> EndpointStatus:
+    """The status the scaler writes: the plan's, unless starting workers failed (`problem`).
+
+    A failure to start is `failed`, except while some worker is ready (`running`: it still
+    serves, the reason says what could not start) and during a rolling update
+    (`updateFailed`: the old version's workers still serve), as Hugging Face names them.
+    """
+    if not problem or planned is EndpointStatus.RUNNING:
+        return planned
+    if planned is EndpointStatus.UPDATING:
+        return EndpointStatus.UPDATE_FAILED
+    return EndpointStatus.FAILED
+
+
+def _status(endpoint: EndpointConfig, alive: list, desired: int, rolling: bool = False) -> EndpointStatus:
     if endpoint.paused:
         return EndpointStatus.PAUSED
+    if rolling:  # workers of an older version serve while the new version starts
+        return EndpointStatus.UPDATING
     if any(s in (Health.IDLE, Health.RUNNING) for _, _, s in alive):
         return EndpointStatus.RUNNING
     if alive or desired > 0:

@@ -14,16 +14,20 @@ BadRequest (400, an invalid setting), Forbidden (403, not the admin key), NotFou
 Conflict (409, an id taken or a template in use).
 
 RunPod arguments podq has no use for (network_volume_id, locations, allowed_cuda_versions,
-registry_auth_id) are accepted, so RunPod scripts run unchanged, and ignored.
+registry_auth_id) are accepted, so RunPod scripts run unchanged, and ignored. `flashboot=True`
+is refused by the gateway (podq has no warm paused workers; use workers_min / idle_timeout).
+
+    create_endpoint("sd", tpl, workers_max=4, update_if_exists=True)   # create, or update "sd"
+    get_endpoints(labels={"team": "ml"})    # or labels=["team:ml", "prod"] ("prod": any value)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
@@ -34,6 +38,21 @@ from serverless.model import EndpointStatus
 
 _encode = msgspec.json.Encoder().encode
 ENDPOINT_ACTIONS = ("pause", "resume", "scale-to-zero")
+# query parameters: (name, value) pairs, a name repeated for a list
+Query = list[tuple[str, str]]
+LabelFilter = Mapping[str, str | None] | Iterable[str]
+
+
+def label_query(labels: LabelFilter | None) -> Query:
+    """`?label=` pairs for GET /v1/endpoints (pure): a mapping gives KEY:VALUE (None: any
+    value), an iterable of strings is sent as written ("team:ml", "prod")."""
+    if labels is None:
+        return []
+    if isinstance(labels, Mapping):
+        return [("label", key if value is None else f"{key}:{value}") for key, value in labels.items()]
+    if isinstance(labels, str):
+        return [("label", labels)]
+    return [("label", text) for text in labels]
 
 
 def admin_base_url(base_url: str | None = None) -> str:
@@ -64,12 +83,12 @@ class AdminClient:
         key = protocol.resolve_api_key(api_key)
         return cls(admin_base_url(base_url), protocol.auth_headers(key))
 
-    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+             query: Query | None = None) -> Any:
         """Send one /v1 request; the decoded JSON reply, or the PodqError for its status."""
         content = None if body is None else _encode(dict(body))
-        request = protocol.Request(
-            method, f"{self.base_url}/v1/{path}", self.headers, content, self.timeout
-        )
+        url = f"{self.base_url}/v1/{path}" + (f"?{urlencode(query)}" if query else "")
+        request = protocol.Request(method, url, self.headers, content, self.timeout)
         try:
             response = httpx.request(
                 method, request.url, content=content, headers=self.headers, timeout=self.timeout
@@ -111,11 +130,16 @@ class AdminClient:
         return self.call("DELETE", f"templates/{_q(template_id)}")
 
     # endpoints
-    def create_endpoint(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        return self.call("POST", "endpoints", fields)
+    def create_endpoint(
+        self, fields: Mapping[str, Any], update_if_exists: bool = False
+    ) -> dict[str, Any]:
+        """POST the endpoint; with update_if_exists, update the one with its id, else its name."""
+        query = [("update_if_exists", "true")] if update_if_exists else None
+        return self.call("POST", "endpoints", fields, query)
 
-    def endpoints(self) -> list[dict[str, Any]]:
-        return self.call("GET", "endpoints")
+    def endpoints(self, labels: LabelFilter | None = None) -> list[dict[str, Any]]:
+        """Every endpoint, or those whose labels match every filter (label_query)."""
+        return self.call("GET", "endpoints", query=label_query(labels))
 
     def endpoint(self, endpoint_id: str) -> dict[str, Any]:
         return self.call("GET", f"endpoints/{_q(endpoint_id)}")
@@ -295,6 +319,7 @@ def create_endpoint(
     flashboot: bool = False,
     allowed_cuda_versions: str | None = None,
     gpu_count: int = 1,
+    update_if_exists: bool = False,
     **podq_extras: Any,
 ) -> ManagedEndpoint:
     """Create an endpoint (RunPod's signature; gpu_ids defaults to ANY, not AMPERE_16).
@@ -311,12 +336,16 @@ def create_endpoint(
         scaler_value: see scaler_type (default 4).
         workers_min: workers kept running even when idle.
         workers_max: the most workers at once.
-        flashboot: kept as given (RunPod's flag).
+        flashboot: must be False: podq has no warm paused workers, and True is refused (400);
+            keep workers warm with workers_min or a longer idle_timeout.
         allowed_cuda_versions: ignored.
         gpu_count: GPUs per worker.
+        update_if_exists: when an endpoint with this `id` (if given) or else this name exists,
+            update it with the arguments given instead of creating another (RunPod SDK's flag).
         **podq_extras: podq's own fields: id, execution_timeout_ms, labels, backend
-            ("process", "docker", "kubernetes"), paused, rate_limits (gateway rate limits:
-            "runpod", "run=500/10,runsync=1000/10" or "off"; None: the gateway's default).
+            ("process", "docker", "swarm", "kubernetes"), paused, rate_limits (gateway rate
+            limits: "runpod", "run=500/10,runsync=1000/10" or "off"; None: the gateway's
+            default), webhook (called after every job of the endpoint ends), access.
 
     Returns:
         The endpoint: a dict (`result["id"]`) with lifecycle methods (wait, pause, ...).
@@ -329,13 +358,21 @@ def create_endpoint(
         **podq_extras,
     }
     client = AdminClient.create()
-    return ManagedEndpoint(client.create_endpoint(fields), client)
+    return ManagedEndpoint(client.create_endpoint(fields, update_if_exists), client)
 
 
-def get_endpoints() -> list[ManagedEndpoint]:
-    """Every endpoint with its status, by name."""
+def get_endpoints(labels: LabelFilter | None = None) -> list[ManagedEndpoint]:
+    """Every endpoint with its status, by name.
+
+    Args:
+        labels: only endpoints whose labels match every filter: {"team": "ml"} (None as a
+            value: any value), or strings "team:ml" / "team".
+
+    Returns:
+        The endpoints.
+    """
     client = AdminClient.create()
-    return [ManagedEndpoint(record, client) for record in client.endpoints()]
+    return [ManagedEndpoint(record, client) for record in client.endpoints(labels)]
 
 
 def get_endpoint(endpoint_id: str) -> ManagedEndpoint:

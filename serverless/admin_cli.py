@@ -2,7 +2,8 @@
 
     podq template create --name echo --handler examples/echo.py
     podq endpoint create --name echo --template-id tpl-1a2b3c4d5e --workers-max 2
-    podq endpoint list
+    podq endpoint create --name echo --template-id tpl-1a2b3c4d5e --update-if-exists
+    podq endpoint list --label team:ml --label prod
     podq endpoint pause ep-1a2b3c4d5e
 
 `list` prints a table, every other command the record as JSON. Options left out are left to
@@ -38,12 +39,14 @@ ENDPOINT_OPTIONS: tuple[Option, ...] = (
     ("--execution-timeout-ms", int, "a job's longest run in ms (default 600000)"),
     ("--cpus", float, "CPU cores per worker, e.g. 0.5 or 4 (container backends; default 0: no limit)"),
     ("--memory-gb", float, "memory per worker in GB (container backends; default 0: no limit)"),
-    ("--flashboot", bool, "RunPod's FlashBoot flag (kept as given)"),
+    ("--flashboot", bool, "RunPod's FlashBoot: refused (podq has no warm paused workers; "
+                          "use --workers-min or a longer --idle-timeout)"),
     ("--labels", dict, "a label KEY=VALUE (repeat the option for more)"),
     ("--backend", str, "process (default), docker, swarm or kubernetes"),
     ("--paused", bool, "paused: no workers, jobs stay queued"),
     ("--rate-limits", str, "gateway rate limits: runpod, a spec like run=500/10,runsync=1000/10, "
                            "or off; '' for the gateway's default (PODQ_RATE_LIMITS)"),
+    ("--webhook", str, "a URL POSTed every job's result when the job ends (besides a request's own)"),
 )
 TEMPLATE_OPTIONS: tuple[Option, ...] = (
     ("--name", str, "a readable name"),
@@ -58,6 +61,8 @@ TEMPLATE_OPTIONS: tuple[Option, ...] = (
     ("--is-serverless", bool, "RunPod's flag (default true)"),
 )
 ID_OPTION: Option = ("--id", str, "the new record's id (default: generated)")
+UPSERT_HELP = ("if an endpoint with --id (when given), else with --name, exists: update it with the "
+               "options given instead of creating another")
 CREATE_REQUIRED = {"endpoint": ("--name", "--template-id"), "template": ("--name",)}
 
 
@@ -141,9 +146,11 @@ Run = Callable[[AdminClient, argparse.Namespace], str]
 def _endpoint_commands() -> dict[str, tuple[Run, str]]:
     opts = ENDPOINT_OPTIONS
     return {
-        "create": (lambda c, a: _json(c.create_endpoint(_fields(a, (*opts, ID_OPTION)))),
+        "create": (lambda c, a: _json(c.create_endpoint(_fields(a, (*opts, ID_OPTION)),
+                                                        a.update_if_exists)),
                    "create an endpoint"),
-        "list": (lambda c, a: endpoint_table(c.endpoints()), "every endpoint, as a table"),
+        "list": (lambda c, a: endpoint_table(c.endpoints(a.label or None)),
+                 "every endpoint (or those with --label), as a table"),
         "get": (lambda c, a: _json(c.endpoint(a.id)), "one endpoint, as JSON"),
         "update": (lambda c, a: _json(c.update_endpoint(a.id, _fields(a, opts))),
                    "change the settings given"),
@@ -187,7 +194,17 @@ def build_parser(
         if name == "create":
             for option in (*options, ID_OPTION):
                 _add_option(p, option, required=option[0] in CREATE_REQUIRED[kind])
+        if kind == "endpoint":
+            _endpoint_flags(p, name)
     return parser
+
+
+def _endpoint_flags(p: argparse.ArgumentParser, command: str) -> None:
+    if command == "create":
+        p.add_argument("--update-if-exists", action="store_true", help=UPSERT_HELP)
+    if command == "list":
+        p.add_argument("--label", action="append", metavar="KEY[:VALUE]",
+                       help="only endpoints with this label (KEY alone: any value); repeat: all must match")
 
 
 def _main(

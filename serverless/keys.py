@@ -25,6 +25,8 @@ Global:       podq:endpoints           SET   endpoint ids that ever got a job (f
               podq:registry:templates  HASH  template id -> Template (JSON)
               podq:registry:status     HASH  endpoint id -> "status|reason" (the scaler writes it)
               podq:registry:scale-to-zero SET endpoints asked to drop to 0 until their next job
+              podq:registry:webhooks   HASH  endpoint id -> its post-inference webhook URL (only
+                                       endpoints that have one; the job-ending scripts read it)
               podq:scaler:leader       STRING the scaler replica holding the leader lease
               podq:apikeys             HASH  sha256(API key) hex -> label (keys never stored plain)
 Per delivery: podq:webhook:{id}:{ms}   STRING  claim: the gateway replica that delivers a job's
@@ -63,6 +65,7 @@ REGISTRY_ENDPOINTS = "podq:registry:endpoints"
 REGISTRY_TEMPLATES = "podq:registry:templates"
 REGISTRY_STATUS = "podq:registry:status"
 REGISTRY_ZERO = "podq:registry:scale-to-zero"
+REGISTRY_WEBHOOKS = "podq:registry:webhooks"
 SCALER_LEADER = "podq:scaler:leader"
 WEBHOOKS = "podq:webhooks"
 DONE_PATTERN = DONE.format("*")
@@ -163,4 +166,5 @@ def lua_header() -> str:
     lines.append(f"local PURGED = '{PURGED}'")
     lines.append(f"local ENDPOINTS = '{ENDPOINTS}'")
     lines.append(f"local WEBHOOKS = '{WEBHOOKS}'")
+    lines.append(f"local ENDPOINT_WEBHOOKS = '{REGISTRY_WEBHOOKS}'")
     return "\n".join(lines) + "\n"

@@ -197,6 +197,10 @@ class EndpointStatus(StrEnum):
 
     PENDING = "pending"  # created, no worker asked for yet
     INITIALIZING = "initializing"  # workers starting, none ready
+    # a new version (template, GPUs, backend) is rolling out; the old version's workers serve
+    UPDATING = "updating"
+    # the new version's workers cannot be started; the old version's workers still serve
+    UPDATE_FAILED = "updateFailed"
     RUNNING = "running"  # at least one worker ready
     PAUSED = "paused"  # no workers, jobs stay queued
     SCALED_TO_ZERO = "scaledToZero"  # no workers; the next job wakes it

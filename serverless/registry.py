@@ -3,6 +3,16 @@
 Records are msgspec JSON in two hashes (keys.REGISTRY_ENDPOINTS, keys.REGISTRY_TEMPLATES).
 Validation is pure (`check_endpoint`, `check_template`) and runs before every write, so an
 invalid setting never reaches the scaler; its messages quote the bad value and the fix.
+
+A template setting a backend cannot apply is refused where the endpoint meets its template
+(`check_backend_fits`, on every endpoint write and on every template write for the endpoints
+that use it), never stored and silently ignored: BACKEND_FEATURES says what each backend
+applies. `flashboot` is refused: podq has no warm paused workers (docs/endpoints.md).
+
+Endpoints with a post-inference webhook are also kept in keys.REGISTRY_WEBHOOKS (endpoint id
+-> URL), written in the same transaction as the endpoint: the scripts that end a job read it to
+queue the webhook of a job that has none of its own, and the gateway's webhook dispatcher reads
+the URL from it (serverless/gateway/webhooks.py).
 """
 
 from __future__ import annotations
@@ -40,6 +50,22 @@ GPU_POOLS: dict[str, tuple[str, ...]] = {
 }
 ANY_GPU = "ANY"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,127}$")
+# RunPod's ports form: "8888/http,22/tcp" (http ports are TCP too; RunPod proxies them)
+PORT_KINDS = ("http", "tcp")
+_PORT = re.compile(r"^([0-9]{1,5})/([a-z]+)$")
+# where a template's volume is mounted when it names no path (RunPod's serverless default)
+DEFAULT_VOLUME_MOUNT_PATH = "/runpod-volume"
+DEFAULT_CONTAINER_DISK_GB = 10  # RunPod's default; not an error on backends without disk limits
+# what each backend applies of a template's container settings (docs/endpoints.md has the table)
+VOLUMES, PORTS, DISK = "volume_in_gb", "ports", "container_disk_in_gb"
+BACKEND_FEATURES: dict[str, frozenset[str]] = {
+    "process": frozenset(),
+    "docker": frozenset({VOLUMES, PORTS, DISK}),
+    "swarm": frozenset(),
+    "kubernetes": frozenset(),
+}
+# a label filter: `key` (any value) or `key:value`
+LABEL_FILTER_PATTERN = r"^[^:]"  # a key before any ":"
 
 
 def new_id(prefix: str) -> str:
@@ -62,6 +88,49 @@ def check_template(t: Template) -> None:
     for name in ("container_disk_in_gb", "volume_in_gb"):
         if getattr(t, name) < 0:
             raise BadRequest(f"{name} of template {t.name!r} is {getattr(t, name)}; use 0 or more")
+    check_volume(t)
+    if t.ports is not None:
+        parse_ports(t.ports)
+
+
+def check_volume(t: Template) -> None:
+    """A mount path needs a volume, and must be an absolute path in the container."""
+    path = t.volume_mount_path
+    if path is None:
+        return
+    if not t.volume_in_gb:
+        raise BadRequest(f"template {t.name!r} has volume_mount_path {path!r} but no volume: set "
+                         "volume_in_gb (its size in GB) or drop volume_mount_path")
+    if not path.startswith("/") or path == "/" or ":" in path or "," in path:
+        raise BadRequest(f"volume_mount_path {path!r} of template {t.name!r} is not an absolute path "
+                         f"below / (no ':' or ','); use e.g. {DEFAULT_VOLUME_MOUNT_PATH}")
+
+
+def parse_ports(spec: str) -> list[tuple[int, str]]:
+    """RunPod's "8888/http,22/tcp" as (port, kind) pairs, in order (pure).
+
+    Args:
+        spec: comma-separated `port/kind`, kind one of PORT_KINDS; spaces are not allowed.
+
+    Returns:
+        The ports; [] for "".
+
+    Raises:
+        BadRequest: an entry that is not port/http or port/tcp, a port outside 1..65535, or a
+            port given twice; the message quotes it.
+    """
+    if spec == "":
+        return []
+    ports: list[tuple[int, str]] = []
+    for entry in spec.split(","):
+        match = _PORT.match(entry)
+        if not match or match[2] not in PORT_KINDS or not 1 <= int(match[1]) <= 65535:
+            raise BadRequest(f"ports entry {entry!r} in {spec!r} is invalid: write PORT/http or PORT/tcp "
+                             "with PORT 1..65535, comma-separated, e.g. '8888/http,22/tcp'")
+        if any(port == int(match[1]) for port, _ in ports):
+            raise BadRequest(f"port {match[1]} is given twice in ports {spec!r}; list each port once")
+        ports.append((int(match[1]), match[2]))
+    return ports
 
 
 def check_gpu_ids(gpu_ids: str) -> None:
@@ -73,14 +142,23 @@ def check_gpu_ids(gpu_ids: str) -> None:
             raise BadRequest(f"unknown GPU pool {part!r} in gpu_ids; use ANY, a GPU name or one of {pools}")
 
 
-def check_endpoint(e: EndpointConfig, template_exists: bool) -> None:
-    """Refuse invalid settings with a message that names the field, the value and the fix."""
+def check_endpoint(e: EndpointConfig, template: Template | None) -> None:
+    """Refuse invalid settings with a message that names the field, the value and the fix.
+
+    Args:
+        e: the endpoint to store.
+        template: its template as stored (None: it does not exist, refused).
+    """
     if not keys.valid_id(e.id):
         raise BadRequest(f"endpoint id {e.id!r} is invalid: use 1-128 letters, digits, '_.:-'")
     if not _NAME.match(e.name):
         raise BadRequest(f"endpoint name {e.name!r} is invalid: use 1-128 letters, digits, ' _.:-'")
-    if not template_exists:
+    if template is None:
         raise BadRequest(f"template {e.template_id!r} does not exist; create it first (create_template)")
+    if e.flashboot:
+        raise BadRequest("flashboot is not available: podq has no warm paused workers yet; keep "
+                         "workers warm with workers_min (always running) or a longer idle_timeout "
+                         "(seconds an idle worker stays), and set flashboot to false")
     for name in ("workers_min", "workers_max", "idle_timeout", "gpu_count", "execution_timeout_ms"):
         if getattr(e, name) < 0:
             raise BadRequest(f"{name} is {getattr(e, name)}; it cannot be negative")
@@ -98,6 +176,48 @@ def check_endpoint(e: EndpointConfig, template_exists: bool) -> None:
         raise BadRequest(f"REQUEST_COUNT scaler_value is {e.scaler_value}; use 1 or more jobs per worker")
     check_gpu_ids(e.gpu_ids)
     check_rate_limits(e.rate_limits)
+    check_backend_fits(e, template)
+
+
+def unapplied(backend: str, t: Template) -> list[str]:
+    """The template settings `backend` cannot apply that `t` sets (pure).
+
+    A disk size is never on this list: RunPod's default (10 GB) is sent by every RunPod
+    script, and backends that cannot limit a container's disk document it (docs/endpoints.md).
+    """
+    features = BACKEND_FEATURES.get(backend, frozenset())
+    wanted = {VOLUMES: t.volume_in_gb > 0, PORTS: bool(t.ports)}
+    return [name for name, given in wanted.items() if given and name not in features]
+
+
+def check_backend_fits(e: EndpointConfig, t: Template) -> None:
+    """Refuse an endpoint whose backend cannot apply its template's volume or ports."""
+    missing = unapplied(e.backend, t)
+    if missing:
+        able = sorted(b for b, f in BACKEND_FEATURES.items() if set(missing) <= f)
+        raise BadRequest(
+            f"template {t.name!r} ({t.id}) sets {' and '.join(missing)}, which the {e.backend} backend of "
+            f"endpoint {e.name!r} cannot apply: use backend {' or '.join(able)}, or a template "
+            f"without {' and '.join(missing)}"
+        )
+
+
+def parse_label_filter(text: str) -> tuple[str, str | None]:
+    """`team:ml` -> ("team", "ml"); `team` -> ("team", None): any value (pure).
+
+    Raises:
+        BadRequest: an empty key (`""`, `:ml`), naming the filter and the form.
+    """
+    key, sep, value = text.partition(":")
+    if not key:
+        raise BadRequest(f"label filter {text!r} is invalid: write KEY:VALUE (e.g. team:ml) or KEY "
+                         "alone for any value")
+    return key, value if sep else None
+
+
+def labels_match(labels: dict[str, str], filters: list[tuple[str, str | None]]) -> bool:
+    """Every filter matches: the key is there, with the value when one is given (pure)."""
+    return all(key in labels and value in (None, labels[key]) for key, value in filters)
 
 
 def check_rate_limits(spec: str | None) -> None:
@@ -124,7 +244,11 @@ class Registry:
         self.redis = redis
 
     async def put_template(self, template: Template) -> Template:
+        """Store a template, if it is valid and every endpoint using it can apply it."""
         check_template(template)
+        for endpoint in await self.endpoints():
+            if endpoint.template_id == template.id:
+                check_backend_fits(endpoint, template)
         await self.redis.hset(keys.REGISTRY_TEMPLATES, template.id, _encode(template))
         return template
 
@@ -145,10 +269,21 @@ class Registry:
             raise NotFound(f"template {template_id!r} not found")
 
     async def put_endpoint(self, endpoint: EndpointConfig) -> EndpointConfig:
-        exists = await self.redis.hexists(keys.REGISTRY_TEMPLATES, endpoint.template_id)
-        check_endpoint(endpoint, bool(exists))
-        await self.redis.hset(keys.REGISTRY_ENDPOINTS, endpoint.id, _encode(endpoint))
+        """Store an endpoint, if it is valid with its template; its webhook is indexed with it."""
+        check_endpoint(endpoint, await self.get_template(endpoint.template_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.REGISTRY_ENDPOINTS, endpoint.id, _encode(endpoint))
+            if endpoint.webhook:
+                pipe.hset(keys.REGISTRY_WEBHOOKS, endpoint.id, endpoint.webhook)
+            else:
+                pipe.hdel(keys.REGISTRY_WEBHOOKS, endpoint.id)
+            await pipe.execute()
         return endpoint  # its status lives apart (set_status)
+
+    async def endpoint_webhook(self, endpoint_id: str) -> str | None:
+        """The endpoint's post-inference webhook, or None (one HGET, no decoding)."""
+        raw = await self.redis.hget(keys.REGISTRY_WEBHOOKS, endpoint_id)
+        return raw.decode() if raw else None
 
     async def get_endpoint(self, endpoint_id: str) -> EndpointConfig | None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -171,12 +306,17 @@ class Registry:
         found = [_with_status(endpoint_decoder.decode(v), statuses.get(k)) for k, v in raw.items()]
         return sorted(found, key=lambda e: e.name)
 
+    async def endpoints_named(self, name: str) -> list[EndpointConfig]:
+        """The endpoints called `name` (names are not unique; ids are)."""
+        return [e for e in await self.endpoints() if e.name == name]
+
     async def delete_endpoint(self, endpoint_id: str) -> None:
         if not await self.redis.hdel(keys.REGISTRY_ENDPOINTS, endpoint_id):
             raise NotFound(f"endpoint {endpoint_id!r} not found")
         # its status, its workers' log lines and the console's list of its recent jobs go with it
         # (the jobs themselves expire by their own retention)
         await self.redis.hdel(keys.REGISTRY_STATUS, endpoint_id)
+        await self.redis.hdel(keys.REGISTRY_WEBHOOKS, endpoint_id)
         await self.redis.delete(keys.logs(endpoint_id), keys.RECENT.format(endpoint_id))
 
     async def set_status(self, endpoint_id: str, status: EndpointStatus, reason: str = "") -> None:

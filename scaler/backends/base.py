@@ -13,9 +13,12 @@ the engine's reason, and the scaler neither counts it unhealthy nor restarts it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
+
+from serverless.model import Template
+from serverless.registry import DEFAULT_VOLUME_MOUNT_PATH, parse_ports
 
 # Labels every backend puts on the workers it starts.
 LABEL_MANAGED = "podq.managed"
@@ -50,6 +53,41 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     # "runpod": an unmodified RunPod worker (its own command / the image's CMD, RunPod's env in
     # `env`); each start must be a fresh process or container, never a restart of the old one
     protocol: str = "podq"
+    # the template's container settings (registry.BACKEND_FEATURES says which backend applies
+    # which; the registry refuses the others before a spec is ever built):
+    volume_gb: int = 0  # a volume of this size for the endpoint (0: none)
+    volume_mount_path: str = ""  # where it is mounted in the worker
+    ports: list[int] = []  # TCP ports the worker listens on, to publish
+    disk_gb: int = 0  # the container's writable layer limit (0: none)
+
+
+def container_settings(template: Template) -> dict[str, Any]:
+    """The WorkerSpec fields a template's container settings become (pure).
+
+    Args:
+        template: a stored (so valid) template.
+
+    Returns:
+        volume_gb, volume_mount_path (RunPod's /runpod-volume when a volume names no path),
+        ports (the TCP port numbers of RunPod's "8888/http,22/tcp") and disk_gb.
+    """
+    path = (template.volume_mount_path or DEFAULT_VOLUME_MOUNT_PATH) if template.volume_in_gb else ""
+    return {"volume_gb": template.volume_in_gb, "volume_mount_path": path,
+            "ports": [port for port, _ in parse_ports(template.ports or "")],
+            "disk_gb": template.container_disk_in_gb}
+
+
+def refuse_volume_and_ports(spec: WorkerSpec, backend: str) -> None:
+    """For backends that apply neither a template's volume nor its ports (the registry refuses
+    such endpoints first; this guards a spec built some other way).
+
+    Raises:
+        BackendError: naming the settings and the fix.
+    """
+    given = [name for name, value in (("volume_in_gb", spec.volume_gb), ("ports", spec.ports)) if value]
+    if given:
+        raise BackendError(f"worker {spec.worker_id}: the {backend} backend cannot apply the template's "
+                           f"{' and '.join(given)}: use the docker backend, or a template without them")
 
 
 class WorkerHandle(msgspec.Struct, kw_only=True):

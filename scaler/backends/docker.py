@@ -7,10 +7,28 @@ given as an NVIDIA device request by NVML uuid, the Engine API's form of `docker
 
 Every error the engine returns becomes a `BackendError` in one place, `_engine_errors`, with a
 message that names the fix.
+
+A template's container settings (WorkerSpec volume_gb, ports, disk_gb) are applied, or said
+out loud where the engine cannot (docs/docker.md):
+
+- volume: one named volume per endpoint, `podq-vol-<endpoint>`, shared by its workers and kept
+  when they stop (a model cache survives scale-to-zero); created on the first start with the
+  local driver's `size` option, which needs quota support (xfs with pquota). Where the engine
+  refuses the size, the volume is created without it and a warning quotes the engine. It is
+  mounted at the spec's volume_mount_path.
+- ports: exposed as TCP; on a bridge or named network each is published to a host port the
+  engine picks (`docker port <container> 8888`). On the host network (the default) the worker's
+  ports are the host's own: nothing to publish, and a warning says a second worker on the same
+  host cannot bind them.
+- disk: `HostConfig.StorageOpt size` where the storage driver limits a container's writable
+  layer (devicemapper, btrfs, zfs; overlay2 and vfs over xfs with pquota), read once from the
+  engine's /info; elsewhere, or when the engine refuses it, the container starts without a
+  limit and ONE warning per endpoint names the driver and why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -21,6 +39,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 import msgspec
+from aiodocker.containers import DockerContainer
 
 from scaler.backends.base import (
     LABEL_ENDPOINT,
@@ -33,6 +52,8 @@ from scaler.backends.base import (
 )
 from serverless.store import now_ms
 
+log = logging.getLogger("podq.scaler")
+
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_NETWORK_MODE = "host"
 DEFAULT_RESTART_RETRIES = 3
@@ -44,6 +65,12 @@ LABEL_STARTED = "podq.started_at"
 LABEL_SCOPE = "podq.scope"
 # Container states (Engine API `State`) in which the worker process exists or is coming back.
 _ALIVE_STATES = frozenset({"running", "restarting"})
+VOLUME_PREFIX = "podq-vol-"
+# storage drivers whose containers take `StorageOpt size` (Engine API, `docker run --storage-opt`)
+DISK_LIMIT_DRIVERS = frozenset({"devicemapper", "btrfs", "zfs"})
+QUOTA_DRIVERS = frozenset({"overlay2", "vfs"})  # only over xfs mounted with pquota
+# what an engine answers when asked for a size it cannot enforce (volume or container)
+_NO_QUOTA = ("quota", "storage-opt", "storage opt")
 
 
 class DockerOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +133,31 @@ def container_name(spec: WorkerSpec) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"podq-{spec.endpoint_id}-{spec.worker_id}")
 
 
+def volume_name(endpoint_id: str) -> str:
+    """`podq-vol-<endpoint>`: the endpoint's volume (characters Docker refuses become `-`)."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{VOLUME_PREFIX}{endpoint_id}")
+
+
+def disk_limit_refusal(info: Mapping[str, Any]) -> str | None:
+    """Why this engine cannot limit a container's disk, or None when it can (pure).
+
+    Args:
+        info: the engine's `GET /info` (its `Driver` and `DriverStatus` pairs).
+
+    Returns:
+        None for devicemapper, btrfs, zfs, and overlay2 / vfs over xfs (which also needs the
+        pquota mount option: the engine's own refusal says so at create); else the reason.
+    """
+    driver = str(info.get("Driver") or "unknown")
+    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
+    backing = status.get("Backing Filesystem", "")
+    if driver in DISK_LIMIT_DRIVERS or (driver in QUOTA_DRIVERS and backing == "xfs"):
+        return None
+    over = f" over {backing}" if backing else ""
+    return (f"storage driver {driver}{over} cannot limit a container's disk (that needs devicemapper, "
+            "btrfs, zfs, or overlay2 on xfs mounted with pquota)")
+
+
 def worker_command(spec: WorkerSpec, python: str) -> list[str]:
     """The argv the container runs; empty means the image's own CMD."""
     if spec.command:
@@ -148,13 +200,29 @@ def restart_policy(spec: WorkerSpec, options: DockerOptions) -> dict[str, Any]:
     return {"Name": "on-failure", "MaximumRetryCount": options.restart_retries}
 
 
-def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) -> dict[str, Any]:
+def _apply_template_settings(spec: WorkerSpec, options: DockerOptions, disk_limit: bool,
+                             config: dict[str, Any]) -> None:
+    host_config = config["HostConfig"]
+    if spec.volume_gb:
+        host_config["Mounts"] = [{"Type": "volume", "Source": volume_name(spec.endpoint_id),
+                                  "Target": spec.volume_mount_path}]
+    if spec.ports:
+        config["ExposedPorts"] = {f"{port}/tcp": {} for port in spec.ports}
+        if options.network_mode != "host":  # the engine discards bindings on the host network
+            host_config["PortBindings"] = {f"{port}/tcp": [{"HostPort": ""}] for port in spec.ports}
+    if disk_limit and spec.disk_gb:
+        host_config["StorageOpt"] = {"size": f"{spec.disk_gb}G"}
+
+
+def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int,
+                     disk_limit: bool = False) -> dict[str, Any]:
     """The body of `POST /containers/create` for one worker (pure).
 
     Args:
         spec: the worker to start.
         options: the backend's options.
         started_at: ms since the epoch, kept in a label.
+        disk_limit: the engine limits a container's disk: spec.disk_gb becomes StorageOpt size.
 
     Returns:
         The create config.
@@ -180,6 +248,7 @@ def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int) 
     command = worker_command(spec, options.python)
     if command:
         config["Cmd"] = command
+    _apply_template_settings(spec, options, disk_limit, config)
     return config
 
 
@@ -210,6 +279,9 @@ def explain(error: aiodocker.DockerError, doing: str, host: str, image: str | No
                 "NVIDIA Container Toolkit on it and restart dockerd")
     if error.status == 409:
         return f"{doing}: {message}: remove the old container (docker rm -f <name>) or use a new worker id"
+    if "port is already allocated" in message or "address already in use" in message:
+        return (f"{doing}: {message}: another container or process holds a port of the template; "
+                "free it, or set PODQ_DOCKER_NETWORK to a bridge network so each worker gets its own host port")
     return f"{doing}: Docker engine at {host} answered {error.status}: {message}"
 
 
@@ -238,6 +310,9 @@ class DockerBackend:
         self.options = options or DockerOptions.from_env()
         self.host = engine_url(self.options.host)
         self._docker: aiodocker.Docker | None = None
+        # why this engine cannot limit a container's disk ('' when it can); read on first need
+        self._disk_refusal: str | None = None
+        self._warned: set[tuple[str, str]] = set()  # (endpoint, topic): each warning once
 
     def constructor_args(self) -> dict[str, Any]:
         """Keyword arguments that build an equal backend (`type(b)(**b.constructor_args())`)."""
@@ -285,13 +360,84 @@ class DockerBackend:
         if not image:
             raise BackendError(f"worker {spec.worker_id}: no image: set the template's image_name "
                                "or PODQ_DOCKER_IMAGE to a worker image (see docs/docker.md)")
+        if spec.volume_gb:
+            await self._ensure_volume(spec)
+        if spec.ports and self.options.network_mode == "host":
+            self._warn_once(spec.endpoint_id, "ports", (
+                f"ports {', '.join(map(str, spec.ports))} of endpoint {spec.endpoint_id} are not published: on "
+                "the host network a worker's ports are the host's own, so a second worker on this host "
+                "cannot bind them; set PODQ_DOCKER_NETWORK to a bridge network for a host port per worker"))
         started_at = now_ms()
-        config = container_config(spec, self.options, started_at)
-        with _engine_errors(f"creating worker {spec.worker_id}", self.host, image):
-            container = await self._client().containers.create(config, name=container_name(spec))
+        config = container_config(spec, self.options, started_at, await self._disk_limit(spec))
+        container = await self._create_container(spec, config, image)
         return WorkerHandle(worker_id=spec.worker_id, endpoint_id=spec.endpoint_id,
                             version=spec.version, ref=container.id, running=False,
                             gpu_uuids=list(spec.gpu_uuids), started_at=started_at)
+
+    async def _create_container(self, spec: WorkerSpec, config: dict[str, Any],
+                                image: str) -> DockerContainer:
+        """Create it; when the engine refuses the disk limit, once more without it (warned)."""
+        try:
+            with _engine_errors(f"creating worker {spec.worker_id}", self.host, image):
+                return await self._client().containers.create(config, name=container_name(spec))
+        except BackendError as e:
+            storage = config["HostConfig"].pop("StorageOpt", None)
+            if storage is None or not _is_quota_refusal(e):
+                raise
+            self._disk_refusal = f"the engine refused a disk limit ({engine_message(e)})"
+            self._warn_disk(spec)
+        with _engine_errors(f"creating worker {spec.worker_id}", self.host, image):
+            return await self._client().containers.create(config, name=container_name(spec))
+
+    async def _disk_limit(self, spec: WorkerSpec) -> bool:
+        """Whether spec.disk_gb can be applied here; warns once per endpoint when not."""
+        if not spec.disk_gb:
+            return False
+        if self._disk_refusal is None:
+            with _engine_errors("reading the engine's storage driver", self.host):
+                info = await self._client().system.info()
+            self._disk_refusal = disk_limit_refusal(info) or ""
+        if self._disk_refusal:
+            self._warn_disk(spec)
+        return not self._disk_refusal
+
+    def _warn_disk(self, spec: WorkerSpec) -> None:
+        self._warn_once(spec.endpoint_id, "disk", (
+            f"container_disk_in_gb {spec.disk_gb} of endpoint {spec.endpoint_id} is not applied: "
+            f"{self._disk_refusal}; its workers' disk is not limited (set container_disk_in_gb 0 "
+            "to say so, or run dockerd on a driver that limits it)"))
+
+    def _warn_once(self, endpoint_id: str, topic: str, message: str) -> None:
+        if (endpoint_id, topic) not in self._warned:
+            self._warned.add((endpoint_id, topic))
+            log.warning("%s", message)
+
+    async def _ensure_volume(self, spec: WorkerSpec) -> None:
+        """Create the endpoint's volume if missing: sized where the driver allows, else warned."""
+        name = volume_name(spec.endpoint_id)
+        volumes = self._client().volumes
+        with _engine_errors(f"reading volume {name}", self.host):
+            try:
+                await volumes.get(name)
+                return  # it exists: kept as it is (a new size does not resize it)
+            except aiodocker.DockerError as e:
+                if e.status != 404:
+                    raise
+        config = {"Name": name, "Labels": {LABEL_MANAGED: "1", LABEL_ENDPOINT: spec.endpoint_id},
+                  "DriverOpts": {"size": f"{spec.volume_gb}G"}}
+        try:
+            with _engine_errors(f"creating volume {name}", self.host):
+                await volumes.create(config)
+                return
+        except BackendError as e:
+            if not _is_quota_refusal(e):
+                raise
+            self._warn_once(spec.endpoint_id, "volume", (
+                f"volume {name} of endpoint {spec.endpoint_id} is created without its size "
+                f"({spec.volume_gb} GB): the volume driver refused it ({engine_message(e)}); it can "
+                "fill the engine's disk (a size needs the data root on xfs mounted with pquota)"))
+        with _engine_errors(f"creating volume {name}", self.host):
+            await volumes.create({**config, "DriverOpts": {}})
 
     async def stop(self, handle: WorkerHandle, grace_s: float) -> None:
         """SIGTERM (the worker drains), SIGKILL after `grace_s`, then remove the container.
@@ -356,6 +502,16 @@ class DockerBackend:
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
+
+
+def engine_message(error: BackendError) -> str:
+    """The engine's own words behind a BackendError (its message when it came from one)."""
+    cause = error.__cause__
+    return str(cause.message).strip() if isinstance(cause, aiodocker.DockerError) else str(error)
+
+
+def _is_quota_refusal(error: BackendError) -> bool:
+    return any(word in engine_message(error).lower() for word in _NO_QUOTA)
 
 
 def log_time(line: str) -> str:

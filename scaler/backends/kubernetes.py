@@ -40,7 +40,7 @@ import yaml
 from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig
 from lightkube.resources.core_v1 import Node, Pod
 
-from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
+from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec, refuse_volume_and_ports
 from scaler.backends.docker import log_time
 from scaler.backends.kubernetes_pods import (
     KubernetesOptions,
@@ -170,6 +170,7 @@ class KubernetesBackend:
         Returns:
             Its handle; `ref` is the pod's name.
         """
+        refuse_volume_and_ports(spec, self.name)
         if not (spec.image or self.options.image):
             raise BackendError(f"worker {spec.worker_id}: no image: set the template's image_name or "
                                "PODQ_K8S_IMAGE to a worker image the cluster's nodes can pull (docs/kubernetes.md)")

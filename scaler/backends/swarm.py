@@ -72,6 +72,7 @@ from scaler.backends.base import (
     BackendError,
     WorkerHandle,
     WorkerSpec,
+    refuse_volume_and_ports,
 )
 from scaler.backends.docker import (
     LABEL_SCOPE,
@@ -412,6 +413,7 @@ class SwarmBackend:
         Returns:
             Its handle; `ref` is the service id.
         """
+        refuse_volume_and_ports(spec, self.name)
         image = spec.image or self.options.image
         if not image:
             raise BackendError(f"worker {spec.worker_id}: no image: set the template's image_name "

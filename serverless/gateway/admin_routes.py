@@ -9,10 +9,24 @@ Request bodies are derived from the records themselves (`Template`, `EndpointCon
 field added to a record is accepted here without a second list: a create body has the record's
 fields and defaults plus an optional `id`; a patch body has the same fields, all optional.
 Fields the server owns (version, status, timestamps) are never taken from a body.
+
+Upsert (`POST /v1/endpoints?update_if_exists=true`, RunPod SDK's `update_if_exists`): the
+existing endpoint is found by `id` when the body gives one, else by `name` (409 when several
+share it); when there is none it is created, as without the flag. When there is one, the fields
+the body *sends* are applied as a PATCH (same validation, same rolling rule: `version` bumps
+only when a rolling field changed); fields left out keep their values, not the defaults.
+Either way the answer is 200 with the record, as create always answers. The create body's
+required fields (name, template_id) stay required, so the body is decoded twice: as the create
+body (checked whole) and as a patch (to know which fields were sent).
+
+`GET /v1/endpoints?label=team:ml&label=prod` keeps the endpoints every filter matches
+(registry.parse_label_filter). An endpoint's `webhook` is checked like a request's
+(webhooks.check_url with the gateway's private-address policy) before it is stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -21,11 +35,13 @@ from msgspec import NODEFAULT, UNSET, UnsetType
 
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.gateway import state
+from serverless.gateway import state, webhooks
 from serverless.gateway.limits import MB, decode_body, read_body
 from serverless.gateway.replies import encode
 from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template
-from serverless.registry import Registry, new_id, parse_scaler_type
+from serverless.registry import (
+    LABEL_FILTER_PATTERN, Registry, labels_match, new_id, parse_label_filter, parse_scaler_type,
+)
 from serverless.store import now_ms
 
 ADMIN_MAX_BYTES = 1 * MB
@@ -58,11 +74,14 @@ def _field(info: msgspec.structs.FieldInfo, patch: bool) -> tuple[Any, ...]:
     return (info.name, kind, info.default)
 
 
-def body_type(record: type[msgspec.Struct], name: str, doc: str, *, patch: bool) -> type:
-    """A request body Struct with `record`'s client-settable fields (all optional if `patch`)."""
+def body_type(
+    record: type[msgspec.Struct], name: str, doc: str, *, patch: bool, with_id: bool = False
+) -> type:
+    """A request body Struct with `record`'s client-settable fields (all optional if `patch`),
+    and an optional `id` unless it is a plain patch."""
     settable = (f for f in msgspec.structs.fields(record) if f.name not in SERVER_FIELDS)
     fields = [_field(f, patch) for f in settable]
-    if not patch:
+    if with_id or not patch:
         fields.append(("id", str | None, None))
     return msgspec.defstruct(
         name, fields, kw_only=True, forbid_unknown_fields=True,
@@ -85,10 +104,15 @@ EndpointPatch = body_type(
     EndpointConfig, "EndpointPatch", "PATCH /v1/endpoints/{endpoint_id}: the fields to change.",
     patch=True,
 )
+# an upsert's body read as a patch: which fields it sends (never in the route table)
+_EndpointUpsert = body_type(
+    EndpointConfig, "EndpointUpsert", "The fields an upsert sends.", patch=True, with_id=True
+)
 _decoders = {
     kind: msgspec.json.Decoder(kind)
-    for kind in (TemplateBody, TemplatePatch, EndpointBody, EndpointPatch)
+    for kind in (TemplateBody, TemplatePatch, EndpointBody, EndpointPatch, _EndpointUpsert)
 }
+FLAGS = {"true": True, "false": False}
 
 
 # ---- pure: bodies to records -------------------------------------------------------------
@@ -125,6 +149,21 @@ def rolled(endpoint: EndpointConfig, now: int) -> EndpointConfig:
         endpoint, version=endpoint.version + 1, updated_at=now,
         status=EndpointStatus.PENDING, status_reason="",
     )
+
+
+def query_flag(query: Mapping[str, str], name: str) -> bool:
+    """A true/false query parameter; absent is false (pure)."""
+    raw = query.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAGS:
+        raise BadRequest(f"{name}={raw!r} is not a flag; use ?{name}=true or ?{name}=false")
+    return FLAGS[raw]
+
+
+def label_filters(values: list[str]) -> list[tuple[str, str | None]]:
+    """Every ?label= of a request, parsed (pure; 400 naming a malformed one)."""
+    return [parse_label_filter(value) for value in values]
 
 
 # ---- I/O helpers -------------------------------------------------------------------------
@@ -217,25 +256,57 @@ async def delete_template(request: web.Request) -> web.Response:
 # ---- endpoints ---------------------------------------------------------------------------
 
 
-async def create_endpoint(request: web.Request) -> web.Response:
-    """POST /v1/endpoints: store a new endpoint (409 if its `id` is taken)."""
-    body = await _decode(request, EndpointBody)
+async def _put_endpoint(request: web.Request, endpoint: EndpointConfig) -> web.Response:
+    """Check the endpoint's webhook as a request's is checked, store it, answer it."""
+    if endpoint.webhook is not None:
+        webhooks.check_url(endpoint.webhook, request.app[state.WEBHOOK_POLICY].allow_private)
     registry = _registry(request)
+    await registry.put_endpoint(endpoint)
+    return await _endpoint_reply(registry, endpoint.id)
+
+
+async def _upsert_target(registry: Registry, body: Any) -> EndpointConfig | None:
+    """The endpoint an upsert changes: by `id` when given, else the one named `name`."""
+    if body.id is not None:
+        return await registry.get_endpoint(body.id)
+    named = await registry.endpoints_named(body.name)
+    if len(named) > 1:
+        raise Conflict(
+            f"{len(named)} endpoints are named {body.name!r} ({', '.join(e.id for e in named)}); "
+            "send the `id` of the one to update"
+        )
+    return named[0] if named else None
+
+
+async def create_endpoint(request: web.Request) -> web.Response:
+    """POST /v1/endpoints[?update_if_exists=true]: store a new endpoint (409 if its `id` is
+    taken), or with the flag update the existing one (see the module docstring)."""
+    raw = await read_body(request, ADMIN_MAX_BYTES)
+    body = decode_body(_decoders[EndpointBody], raw)
+    registry = _registry(request)
+    if query_flag(request.query, "update_if_exists"):
+        current = await _upsert_target(registry, body)
+        if current is not None:
+            sent = fields_of(decode_body(_decoders[_EndpointUpsert], raw))
+            return await _put_endpoint(request, patched_endpoint(current, sent, now_ms()))
     endpoint_id = _new_id(body.id, "endpoint", "ep")
     if await registry.get_endpoint(endpoint_id) is not None:
         raise Conflict(
             f"endpoint {endpoint_id!r} already exists; change it with "
-            f"PATCH /v1/endpoints/{endpoint_id} or leave `id` out to get a new one"
+            f"PATCH /v1/endpoints/{endpoint_id}, POST with ?update_if_exists=true, "
+            "or leave `id` out to get a new one"
         )
     now = now_ms()
     endpoint = EndpointConfig(id=endpoint_id, created_at=now, updated_at=now, **fields_of(body))
-    await registry.put_endpoint(endpoint)
-    return await _endpoint_reply(registry, endpoint_id)
+    return await _put_endpoint(request, endpoint)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    """GET /v1/endpoints: every endpoint with its status, by name."""
-    return _reply(await _registry(request).endpoints())
+    """GET /v1/endpoints[?label=KEY[:VALUE]...]: the endpoints with their status, by name;
+    with labels, only those every filter matches."""
+    filters = label_filters(request.query.getall("label", []))
+    found = await _registry(request).endpoints()
+    return _reply([e for e in found if labels_match(e.labels, filters)])
 
 
 async def get_endpoint(request: web.Request) -> web.Response:
@@ -244,10 +315,8 @@ async def get_endpoint(request: web.Request) -> web.Response:
 
 
 async def _change(request: web.Request, changes: dict[str, Any]) -> web.Response:
-    registry = _registry(request)
-    current = await registry.require_endpoint(request.match_info["endpoint_id"])
-    await registry.put_endpoint(patched_endpoint(current, changes, now_ms()))
-    return await _endpoint_reply(registry, current.id)
+    current = await _registry(request).require_endpoint(request.match_info["endpoint_id"])
+    return await _put_endpoint(request, patched_endpoint(current, changes, now_ms()))
 
 
 async def update_endpoint(request: web.Request) -> web.Response:

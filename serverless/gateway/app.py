@@ -115,9 +115,15 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("delete-template", ("DELETE",), TEMPLATE, admin.delete_template,
           "Delete a template no endpoint uses", reply=admin.Deleted, errors=(409,), admin=True),
     Route("create-endpoint", ("POST",), "/v1/endpoints", admin.create_endpoint,
-          "Create an endpoint", admin.EndpointBody, EndpointConfig, (409,), admin=True),
+          "Create an endpoint (or, with update_if_exists, update the one with its id or name)",
+          admin.EndpointBody, EndpointConfig, (409,), admin=True,
+          params=(Param("update_if_exists", "query", "true: update the endpoint with the body's "
+                        "`id`, else its `name`, if one exists (the fields sent, as a PATCH)",
+                        "boolean"),)),
     Route("list-endpoints", ("GET",), "/v1/endpoints", admin.list_endpoints,
-          "Every endpoint with its status", reply=list[EndpointConfig], admin=True),
+          "Every endpoint with its status", reply=list[EndpointConfig], admin=True,
+          params=(Param("label", "query", "KEY:VALUE, or KEY for any value; repeat it: every "
+                        "filter must match", pattern=admin.LABEL_FILTER_PATTERN),)),
     Route("get-endpoint", ("GET",), ENDPOINT, admin.get_endpoint,
           "One endpoint with its status", reply=EndpointConfig, admin=True),
     Route("update-endpoint", ("PATCH",), ENDPOINT, admin.update_endpoint,
@@ -271,4 +277,5 @@ def create_app(
     app[state.CHUNK_FANOUT] = ChunkFanout(store.redis)  # SSE: one shared chunk reader
     metrics.install(app, settings)
     app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle, _objects])
+    app.cleanup_ctx.append(batch_routes.runners)  # batch jobs: one runner per batch over all replicas
     return app

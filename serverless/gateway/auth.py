@@ -6,6 +6,21 @@ show both). Keys are never stored in plain text: Redis holds their sha256 digest
 passed to create_app) are kept as digests too and compared with `hmac.compare_digest`, so the
 time a comparison takes says nothing about how much of a guess was right. Redis keys are found
 by digest, so a lookup's timing can only reveal the digest of a guess, never the key.
+
+An endpoint's `access` (EndpointConfig.access, Hugging Face's endpoint `type`) decides who may
+call its /v2 job routes; worker routes and the /v1 admin routes do not depend on it:
+
+    public      the job routes of OPEN_ON_PUBLIC need no key; a key that is sent is not checked
+                (huggingface_hub sends the user's saved Hub token to any URL), so per-key rate
+                limits do not apply there, the endpoint's own rate limits do; purge-queue still
+                needs a key
+    protected   a valid key whose scope includes the endpoint (an empty scope: every endpoint)
+    private     the admin key, or a key whose scope names the endpoint: an unscoped key is 403
+
+Knowing the access must not cost a Redis round trip per request: each gateway process keeps an
+endpoint's access for ACCESS_TTL_MS (2 s) after reading it (unregistered endpoints too, as
+protected). A change of `access` therefore takes effect on every replica within 2 s; until
+then a replica may still apply the old rule.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from redis.asyncio import Redis
 from serverless import keys
 from serverless.gateway import state
 from serverless.gateway.error_responses import error_response
-from serverless.model import ApiKey
+from serverless.model import ApiKey, EndpointAccess
 from serverless.store import now_ms
 
 ADMIN_KEY_ENV = "PODQ_API_KEY"
@@ -125,6 +140,83 @@ WORKER_ON_CLIENT_ROUTE = (
 )
 
 
+# The /v2 job routes a public endpoint opens to callers without a key (by route name, as
+# WORKER_ROUTES): RunPod's job routes but purge-queue, and the HF and OpenAI inference routes.
+OPEN_ON_PUBLIC = frozenset({
+    "run", "runsync", "status", "stream", "cancel", "retry", "health",
+    "hf", "hf-chat-completions",
+    "openai-chat-completions", "openai-completions", "openai-models",
+})
+# how long a gateway process keeps an endpoint's access, and for how many endpoints
+ACCESS_TTL_MS = 2_000
+ACCESS_CACHE_SIZE = 4_096
+PRIVATE_UNSCOPED = (
+    "endpoint '{endpoint}' is private: it takes the admin key or a key scoped to it, and this "
+    "key is unscoped (it reaches every endpoint); create a scoped key with "
+    "`podq keys create --endpoint {endpoint}` (POST /v1/keys {{\"endpoints\": [\"{endpoint}\"]}})"
+)
+
+
+def needs_key(access: EndpointAccess, route: str) -> bool:
+    """Whether a request to `route` of an endpoint with `access` must carry a valid key.
+
+    Args:
+        access: the endpoint's access.
+        route: the route's name (the route table's `name`).
+
+    Returns:
+        False only for the OPEN_ON_PUBLIC routes of a public endpoint.
+    """
+    return not (access is EndpointAccess.PUBLIC and route in OPEN_ON_PUBLIC)
+
+
+def private_refusal(access: EndpointAccess, endpoint: str, scope: frozenset[str], admin: bool) -> str | None:
+    """The 403 message for a valid key that may not reach a private endpoint, or None.
+
+    Args:
+        access: the endpoint's access.
+        endpoint: the endpoint's id.
+        scope: the endpoints the key may reach (empty: every endpoint).
+        admin: the key is the admin key.
+
+    Returns:
+        None when the key may go on (a key scoped to other endpoints is refused before this).
+    """
+    if access is not EndpointAccess.PRIVATE or admin or endpoint in scope:
+        return None
+    return PRIVATE_UNSCOPED.format(endpoint=endpoint)
+
+
+class _Access(msgspec.Struct):
+    """The one field of a registry record the middleware reads (others are skipped)."""
+
+    access: EndpointAccess = EndpointAccess.PROTECTED
+
+
+_access_decoder = msgspec.json.Decoder(_Access)
+
+
+class AccessCache:
+    """Endpoint -> (access, expiry ms), oldest first, at most `size` entries."""
+
+    def __init__(self, ttl_ms: int = ACCESS_TTL_MS, size: int = ACCESS_CACHE_SIZE) -> None:
+        self.ttl_ms, self.size = ttl_ms, size
+        self._entries: dict[str, tuple[EndpointAccess, int]] = {}
+
+    def get(self, endpoint: str, now_ms: int) -> EndpointAccess | None:
+        """The access kept for `endpoint`, or None when none is kept or it expired."""
+        entry = self._entries.get(endpoint)
+        if entry is None or entry[1] <= now_ms:
+            return None
+        return entry[0]
+
+    def put(self, endpoint: str, access: EndpointAccess, now_ms: int) -> None:
+        self._entries.pop(endpoint, None)  # re-added last, so the oldest stays first
+        while len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[endpoint] = (access, now_ms + self.ttl_ms)
+
+
 class Scope(msgspec.Struct, frozen=True):
     """What a valid key may reach: `endpoints` (empty: all), and whether it is a worker key."""
 
@@ -135,11 +227,24 @@ class Scope(msgspec.Struct, frozen=True):
 class KeyChecker:
     """Decides whether a presented key is valid: a local key or one stored in Redis."""
 
-    def __init__(self, redis: Redis, admin_key: str | None, extra_keys: Iterable[str] = ()) -> None:
+    def __init__(
+        self, redis: Redis, admin_key: str | None, extra_keys: Iterable[str] = (),
+        access_ttl_ms: int = ACCESS_TTL_MS,
+    ) -> None:
         local = [admin_key] if admin_key else []
         self._local = [hash_key(k) for k in (*local, *extra_keys) if k]
         self._admin = hash_key(admin_key) if admin_key else None
         self._redis = redis
+        self._access = AccessCache(access_ttl_ms)
+
+    async def access(self, endpoint: str, now_ms: int) -> EndpointAccess:
+        """The endpoint's access (protected when it is not registered), kept ACCESS_TTL_MS."""
+        access = self._access.get(endpoint, now_ms)
+        if access is None:
+            raw = await self._redis.hget(keys.REGISTRY_ENDPOINTS, endpoint)
+            access = _access_decoder.decode(raw).access if raw else EndpointAccess.PROTECTED
+            self._access.put(endpoint, access, now_ms)
+        return access
 
     @property
     def has_admin(self) -> bool:
@@ -194,9 +299,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Refuse (401) any request to a non-public route without a valid key, and (403) any
     request to an admin route whose key is not the admin key, a worker route whose key is not
     a worker key (or the admin key), or any other route with a worker key."""
-    if request.match_info.route.name in request.app[state.PUBLIC_ROUTES]:  # Route.public
+    route = request.match_info.route.name
+    if route in request.app[state.PUBLIC_ROUTES]:  # Route.public
         return await handler(request)
-    refusal = await _refusal(request)
+    access = await _endpoint_access(request)
+    if not needs_key(access, route or ""):
+        return await handler(request)
+    refusal = await _refusal(request, access)
     if refusal is None:
         return await handler(request)
     if request.match_info.route.name in WORKER_ROUTES:
@@ -204,7 +313,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return refusal
 
 
-async def _refusal(request: web.Request) -> web.Response | None:
+async def _endpoint_access(request: web.Request) -> EndpointAccess:
+    """The access of the endpoint a client route names; protected for every other route (admin
+    and worker routes, routes that name no endpoint), whose rules access does not change."""
+    endpoint = request.match_info.get("endpoint_id")
+    route = request.match_info.route.name
+    if endpoint is None or route in WORKER_ROUTES or route in request.app[state.ADMIN_ROUTES]:
+        return EndpointAccess.PROTECTED
+    return await request.app[state.KEYS].access(endpoint, now_ms())
+
+
+async def _refusal(request: web.Request, access: EndpointAccess) -> web.Response | None:
     key = presented_key(request.headers.get("Authorization"))
     if key is None:
         return error_response(401, MISSING_KEY, _CHALLENGE)
@@ -220,7 +339,10 @@ async def _refusal(request: web.Request) -> web.Response | None:
     if (refusal := _kind_refusal(request, checker, digest, scope)) is not None:
         return refusal
     endpoint = request.match_info.get("endpoint_id")
-    if scope.endpoints and endpoint is not None and endpoint not in scope.endpoints:
+    if endpoint is None:
+        return None
+    if scope.endpoints and endpoint not in scope.endpoints:
         reach = ", ".join(sorted(scope.endpoints))
         return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
-    return None
+    text = private_refusal(access, endpoint, scope.endpoints, checker.is_admin(digest))
+    return None if text is None else error_response(403, text)

@@ -49,6 +49,7 @@ class Param:
     description: str
     type: str = "string"
     bounds: tuple[int, int] | None = None  # minimum, maximum of an integer
+    pattern: str | None = None  # a string's ECMA regular expression
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def _param_schema(p: Param) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": p.type}
     if p.bounds is not None:
         schema["minimum"], schema["maximum"] = p.bounds
+    if p.pattern is not None:
+        schema["pattern"] = p.pattern
     return schema
 
 

@@ -10,6 +10,19 @@ id to exactly one of them, so N replicas deliver once, and a job that ends while
 gets its webhook when one starts. A job that is retried and ends again is pushed again.
 Each delivery's outcome (success, failure, refused) and each retry is told to an observer:
 the gateway's /metrics counts them (serverless/gateway/metrics.py).
+
+Per-endpoint webhooks (EndpointConfig.webhook, Launch's post-inference hook): called after every
+job of the endpoint reaches a terminal state (COMPLETED, FAILED, CANCELLED, TIMED_OUT, as the
+request webhook is), with the same body, in addition to the request's own webhook (one POST per
+distinct URL). The design adds nothing to /run: the registry keeps endpoint id -> URL in
+keys.REGISTRY_WEBHOOKS; the script that ends a job reads that hash inside Redis (no round trip)
+and queues the job on `podq:webhooks` when it has a webhook of its own or its endpoint has one,
+so jobs from every submit path (/run, /runsync, OpenAI, batches, ...) and from clients that send
+no webhook are covered, durably, once across replicas. The dispatcher then reads the endpoint's
+URL when it delivers (one HGET beside the job read, off the hot path), so a webhook changed or
+removed while a job ran applies to that job's end. Stamping the URL into the job at submit was
+rejected: every submit path would need it, a handler would see a webhook its client never sent
+(`job["webhook"]`), and a changed URL would reach only new jobs.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from serverless.errors import BadRequest
 from serverless.gateway.replies import encode
 from serverless.model import TERMINAL_STATUSES, JobRecord
 from serverless.queue import connect_single
+from serverless.registry import Registry
 from serverless.store import JobStore, now_ms
 
 log = logging.getLogger("podq.webhooks")
@@ -179,12 +193,20 @@ async def deliver(
     return False
 
 
+def targets(request_hook: str | None, endpoint_hook: str | None) -> list[str]:
+    """Where a finished job is POSTed: its request's webhook, then its endpoint's, each URL
+    once (pure)."""
+    return list(dict.fromkeys(url for url in (request_hook, endpoint_hook) if url))
+
+
 class WebhookDispatcher:
-    """Listens for finished jobs and delivers their webhooks, each in its own task."""
+    """Listens for finished jobs and delivers their webhooks (the request's and the
+    endpoint's), each job in its own task."""
 
     def __init__(self, store: JobStore, policy: WebhookPolicy,
                  observe: Observer = unobserved) -> None:
         self._store, self._policy, self._observe = store, policy, observe
+        self._registry = Registry(store.redis)
         self._blocking: Redis | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -227,18 +249,21 @@ class WebhookDispatcher:
     async def _handle(self, job_id: str) -> None:
         try:
             record = await self._store.get(job_id)
+            if record is None or record.status not in TERMINAL_STATUSES:
+                return  # its result expired before delivery, or it was retried meanwhile
+            endpoint_hook = await self._registry.endpoint_webhook(record.endpoint)
         except RedisError as e:
             log.warning("webhook for job %s not delivered: Redis error %s", job_id, e)
             return
-        if record is None or record.webhook is None or record.status not in TERMINAL_STATUSES:
-            return  # its result expired before delivery, or it was retried meanwhile
-        await self._send(record)
+        urls = targets(record.webhook, endpoint_hook)
+        if urls:
+            body = encode(lifecycle.status_body(record, now_ms()))
+            await asyncio.gather(*(self._send(record, url, body) for url in urls))
 
-    async def _send(self, record: JobRecord) -> None:
-        assert self._session is not None and record.webhook is not None
-        body = encode(lifecycle.status_body(record, now_ms()))
-        if await deliver(self._session, record.webhook, body, self._policy, self._observe):
-            log.info("webhook for job %s delivered to %s", record.id, record.webhook)
+    async def _send(self, record: JobRecord, url: str, body: bytes) -> None:
+        assert self._session is not None
+        if await deliver(self._session, url, body, self._policy, self._observe):
+            log.info("webhook for job %s delivered to %s", record.id, url)
         else:
             log.warning("webhook for job %s to %s failed on every try; the job is unchanged",
-                        record.id, record.webhook)
+                        record.id, url)

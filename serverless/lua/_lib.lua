@@ -97,7 +97,10 @@ local function ended(ep, id, jobkey, job, status, message)
   redis.call('PEXPIRE', jobkey, job[RETENTION])
   redis.call('PEXPIRE', K_chunks(id), job[RETENTION])
   if message then redis.call('PUBLISH', K_done(ep), message) end
-  if job[WEBHOOK] then redis.call('RPUSH', WEBHOOKS, id) end
+  -- its own webhook, or its endpoint's (registry.py keeps ENDPOINT_WEBHOOKS)
+  if job[WEBHOOK] or redis.call('HEXISTS', ENDPOINT_WEBHOOKS, ep) == 1 then
+    redis.call('RPUSH', WEBHOOKS, id)
+  end
   if job[STATUS] ~= 'IN_PROGRESS' then return end
   if status == 'CANCELLED' then redis.call('PUBLISH', K_cancel(ep), id) end
   local worker = job[WORKER]

@@ -11,6 +11,7 @@ register('purge', function(KEYS, ARGV)
   local ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
   if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
   local removed = 0
+  local hooked = redis.call('HEXISTS', ENDPOINT_WEBHOOKS, ep) == 1  -- the endpoint's webhook
   for _, id in ipairs(ids) do
     local jobkey = K_job(id)
     local f = redis.call('HMGET', jobkey, 'status', 'retention_ms', 'webhook')
@@ -18,7 +19,7 @@ register('purge', function(KEYS, ARGV)
       redis.call('HSET', jobkey, 'status', 'CANCELLED', 'error', ARGV[3], 'finished_at', now)
       redis.call('PEXPIRE', jobkey, f[2])
       redis.call('PEXPIRE', K_chunks(id), f[2])  -- chunks of an earlier, lost attempt
-      if f[3] then redis.call('RPUSH', WEBHOOKS, id) end
+      if f[3] or hooked then redis.call('RPUSH', WEBHOOKS, id) end
       removed = removed + 1
     end
   end

@@ -43,11 +43,11 @@ def test_template_and_endpoint_commands_end_to_end(live: LiveGateway) -> None:
     created = json.loads(ok(podq(
         live, "endpoint", "create", "--name", "echo", "--template-id", "tpl-cli",
         "--workers-max", "2", "--scaler-type", "REQUEST_COUNT", "--scaler-value", "3",
-        "--labels", "team=a", "--flashboot",
+        "--labels", "team=a", "--no-flashboot",
     )))
     ep = created["id"]
     assert (created["workers_max"], created["labels"]) == (2, {"team": "a"})
-    assert created["flashboot"] is True
+    assert created["flashboot"] is False
     live.run(live.registry.set_status(ep, EndpointStatus.RUNNING))
     listed = ok(podq(live, "endpoint", "list")).splitlines()
     assert listed[0].split() == ["ID", "NAME", "STATUS", "TEMPLATE", "WORKERS", "SCALER", "GPUS",
@@ -57,6 +57,7 @@ def test_template_and_endpoint_commands_end_to_end(live: LiveGateway) -> None:
 
     updated = json.loads(ok(podq(live, "endpoint", "update", ep, "--workers-min", "1",
                                  "--no-flashboot")))
+    assert "flashboot is not available" in podq(live, "endpoint", "update", ep, "--flashboot").stderr
     assert (updated["workers_min"], updated["flashboot"], updated["workers_max"]) == (1, False, 2)
     assert json.loads(ok(podq(live, "endpoint", "pause", ep)))["paused"] is True
     assert "running (paused)" in ok(podq(live, "endpoint", "list"))

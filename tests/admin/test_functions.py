@@ -31,12 +31,12 @@ def echo_template() -> dict:
 def test_create_template_takes_runpods_arguments(live: LiveGateway) -> None:
     template = serverless.create_template(
         "sd", "me/sd:1", docker_start_cmd="python -u handler.py", container_disk_in_gb=20,
-        volume_in_gb=None, volume_mount_path="/models", ports="8888/http, 22/tcp",
+        volume_in_gb=20, volume_mount_path="/models", ports="8888/http, 22/tcp",
         env={"MODEL": "sd15", "STEPS": 30}, is_serverless=True, registry_auth_id="ignored",
     )
     assert template["id"].startswith("tpl-")
     assert {k: template[k] for k in ("image_name", "volume_in_gb", "ports", "env")} == {
-        "image_name": "me/sd:1", "volume_in_gb": 0, "ports": "8888/http,22/tcp",
+        "image_name": "me/sd:1", "volume_in_gb": 20, "ports": "8888/http,22/tcp",
         "env": {"MODEL": "sd15", "STEPS": "30"},
     }
     assert serverless.get_template(template["id"]) == template
@@ -48,7 +48,7 @@ def test_create_endpoint_returns_a_dict_with_runpods_fields(live: LiveGateway) -
     endpoint = serverless.create_endpoint(
         "echo", template["id"], gpu_ids="AMPERE_24", network_volume_id="vol-1", locations="US",
         idle_timeout=10, scaler_type="REQUEST_COUNT", scaler_value=2, workers_min=1,
-        workers_max=4, flashboot=True, allowed_cuda_versions="12.1", gpu_count=2,
+        workers_max=4, flashboot=False, allowed_cuda_versions="12.1", gpu_count=2,
         id="ep-echo", labels={"team": "a"}, backend="docker",
     )
     assert isinstance(endpoint, dict) and endpoint["id"] == endpoint.id == "ep-echo"

@@ -325,6 +325,13 @@ async def test_openapi_documents_the_admin_routes(gateway: Gateway) -> None:
         "/v1/endpoints/{endpoint_id}/scale-to-zero": {"post"},
         "/v1/endpoints/{endpoint_id}/logs": {"get"},
         "/v1/keys": {"get", "post"}, "/v1/keys/{digest}": {"delete"},
+        # Scale Launch's model bundles (serverless/gateway/bundle_routes.py)
+        "/v1/bundles": {"get", "post"}, "/v1/bundles/{bundle_id}": {"get", "delete"},
+        "/v1/bundles/{bundle_id}/archive": {"get"},
+        # batch jobs (serverless/gateway/batch_routes.py)
+        "/v1/batches": {"get", "post"}, "/v1/batches/{batch_id}": {"get", "delete"},
+        "/v1/batches/{batch_id}/results": {"get"}, "/v1/batches/{batch_id}/cancel": {"post"},
+        "/v1/batches/{batch_id}/retry": {"post"},
     } == {p: set(ops) for p, ops in paths.items() if p.startswith("/v1")}
     create = paths["/v1/endpoints"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {

@@ -89,7 +89,7 @@ def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | N
     )
     body = response.json()
     assert isinstance(body, dict) and set(body) == {"error"}, body
-    if "/openai/v1/" in case.path and isinstance(body["error"], dict):  # OpenAI's shape there
+    if ("/openai/v1/" in case.path or "/hf/v1/" in case.path) and isinstance(body["error"], dict):  # OpenAI's shape there
         assert set(body["error"]) == {"message", "type", "param", "code"}, body
         assert isinstance(body["error"]["message"], str), body
     else:

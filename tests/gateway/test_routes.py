@@ -192,6 +192,10 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
         # OpenAI's API as RunPod serves it (serverless/gateway/openai_routes.py)
         "/v2/{endpoint_id}/openai/v1/chat/completions", "/v2/{endpoint_id}/openai/v1/completions",
         "/v2/{endpoint_id}/openai/v1/models",
+        # RunPod's admin API as GraphQL (serverless/gateway/graphql_routes.py)
+        "/graphql",
+        # Hugging Face-style inference (serverless/gateway/hf_routes.py)
+        "/v2/{endpoint_id}/hf", "/v2/{endpoint_id}/hf/v1/chat/completions",
     } == {p for p in spec["paths"] if not p.startswith("/v1/")}  # /v1: tests/admin
     run = spec["paths"]["/v2/{endpoint_id}/run"]["post"]
     assert run["requestBody"]["content"]["application/json"]["schema"] == {
