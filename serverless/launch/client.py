@@ -4,15 +4,18 @@
 
 is the only line that changes in a Launch user's code. Bundles go to /v1/bundles (a zip of the
 code folders); an endpoint is a podq endpoint with its own template (serverless/launch/mapping);
-predictions are podq jobs. What podq refuses, and why, is in docs/launch.md: pickled bundles
-(`create_model_bundle` with Python objects), `return_pickled=True`, hooks other than
-`callback`, MIG gpu types.
+predictions are podq jobs; a batch (`batch_async_request`) is a podq batch job on the bundle's
+endpoint `launch-batch-<bundle>` (serverless/launch/batch.py). What podq refuses, and why, is
+in docs/launch.md: pickled bundles (`create_model_bundle` with Python objects),
+`return_pickled=True` and `serialization_format='pickle'`, hooks other than `callback`, MIG
+gpu types.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import time
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.launch import mapping
+from serverless.launch import batch, mapping
 from serverless.launch.endpoints import ENDPOINT_CLASSES, Endpoint
 from serverless.launch.model import (
     EndpointResponse, ModelBundle, ModelEndpoint, async_response_dict, check_not_pickled,
@@ -275,12 +278,14 @@ class LaunchClient:
         return ENDPOINT_CLASSES[endpoint.endpoint_type](endpoint, self)
 
     def list_model_endpoints(self) -> list[Endpoint]:
-        """Every endpoint made through Launch's API (templates `launch-<name>`)."""
+        """Every endpoint made through Launch's API (templates `launch-<name>`), not the ones
+        batches run on (`launch-batch-<bundle>`)."""
         templates = {t["id"]: t for t in self.transport.admin.templates()}
         out: list[Endpoint] = []
         for record in self.transport.admin.endpoints():
             template = templates.get(record["template_id"])
-            if template is not None and mapping.ENV_TYPE in template.get("env", {}):
+            env = {} if template is None else template.get("env", {})
+            if mapping.ENV_TYPE in env and mapping.ENV_BATCH not in env:
                 endpoint = self._model_endpoint(record, template)
                 out.append(ENDPOINT_CLASSES[endpoint.endpoint_type](endpoint, self))
         return out
@@ -313,6 +318,61 @@ class LaunchClient:
     def get_async_response(self, async_task_id: str) -> dict[str, Any]:
         """`{"state": PENDING | SUCCESS | FAILURE, "result"?: JSON text, "traceback"?: str}`."""
         return async_response_dict(self.task_response(async_task_id))
+
+    # ---- batch jobs --------------------------------------------------------------------------
+
+    def batch_async_request(
+        self, model_bundle: ModelBundle | str, urls: list[str] | None = None,
+        inputs: list[Any] | None = None, batch_url_file_location: str | None = None,
+        serialization_format: str = "json", batch_task_options: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None, *, cpus: float | None = None,
+        memory: str | None = None, gpus: int | None = None, gpu_type: str | None = None,
+        max_workers: int | None = None, per_worker: int | None = None,
+    ) -> str:
+        """Run `model_bundle` on every one of `urls` (each is `{"url": ...}` to predict) or
+        `inputs` (each is `{"args": ...}`) as a podq batch; its id, for get_batch_async_response.
+
+        The bundle's batch endpoint `launch-batch-<bundle>` is created, or updated to these
+        settings (`cpus`, `memory`, `gpus`, `gpu_type`, `max_workers`, `per_worker`, as keyword
+        arguments or in `batch_task_options`; create_model_endpoint's defaults otherwise).
+        `labels` go on that endpoint. Pickled results and `batch_url_file_location` are refused.
+        """
+        batch.check_format(serialization_format)
+        if batch_url_file_location is not None:
+            raise BadRequest(batch.LOCATION_REFUSED.format(location=batch_url_file_location))
+        jobs = batch.job_inputs(urls, inputs)
+        given = {"cpus": cpus, "memory": memory, "gpus": gpus, "gpu_type": gpu_type,
+                 "max_workers": max_workers, "per_worker": per_worker}
+        chosen = batch.settings(batch_task_options, given)
+        args = batch.endpoint_args(_name(model_bundle), chosen, labels)
+        explicit = {k for k, v in given.items() if v is not None} | set(batch_task_options or {})
+        self._apply(args, self._endpoint_record(args.endpoint_name), warn=bool(explicit & {"cpus", "memory"}))
+        # normal priority: the batch's backlog scales its own endpoint up to max_workers
+        created = self.transport.batches.submit(args.endpoint_name, inputs=jobs, low_priority=False)
+        return str(created["id"])
+
+    def get_batch_async_response(self, batch_job_id: str) -> dict[str, Any]:
+        """`{"status", "result", "duration", "num_tasks_pending", "num_tasks_completed",
+        "num_tasks_failed"}`: status PENDING, RUNNING, SUCCESS, FAILURE or CANCELLED; `result`
+        is the results file's URL once the batch has ended (GET it with the key), else None."""
+        record = self._batch_record(batch_job_id)
+        return batch.response(record, self._results_url(batch_job_id), int(time.time() * 1000))
+
+    def get_batch_async_results(self, batch_job_id: str) -> list[dict[str, Any]]:
+        """(podq's) The results file read back: one `{"index", "state", "result" | "traceback"}`
+        per input, in input order (those finished so far while the batch runs)."""
+        self._batch_record(batch_job_id)
+        return [batch.input_result(json.loads(line)) for line in self.transport.batches.results(batch_job_id)]
+
+    def _batch_record(self, batch_job_id: str) -> dict[str, Any]:
+        try:
+            return self.transport.batches.get(batch_job_id)
+        except NotFound:
+            raise NotFound(f"batch job {batch_job_id!r} does not exist (unknown or deleted); use the id "
+                           "batch_async_request returned") from None
+
+    def _results_url(self, batch_job_id: str) -> str:
+        return f"{self.transport.base_url}/v1/batches/{quote(batch_job_id, safe='')}/results"
 
     def close(self) -> None:
         self.transport.close()

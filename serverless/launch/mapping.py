@@ -48,6 +48,7 @@ ENV_TYPE = "PODQ_LAUNCH_ENDPOINT_TYPE"
 ENV_HOOKS = "PODQ_LAUNCH_HOOKS"
 ENV_CONCURRENCY = "PODQ_BUNDLE_CONCURRENCY"
 ENV_BUNDLE = "PODQ_BUNDLE_ID"
+ENV_BATCH = "PODQ_LAUNCH_BATCH"  # set on batch endpoints' templates: list_model_endpoints skips them
 PROCESS_NOTE = ("cpus={cpus} and memory={memory} are not applied: the process backend cannot "
                 "limit a worker; use LaunchClient(..., backend='docker') (or swarm, kubernetes) "
                 "to have them applied as container limits")
@@ -70,6 +71,7 @@ class EndpointArgs:
     post_inference_hooks: list[str] = field(default_factory=list)
     default_callback_url: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    batch: bool = False  # the endpoint runs a bundle's batches (serverless/launch/batch.py)
 
 
 def memory_gb(memory: str | int | float) -> float:
@@ -137,9 +139,12 @@ def resources(a: EndpointArgs, backend: str) -> tuple[float, float, str | None]:
 
 
 def template_fields(a: EndpointArgs, bundle: dict[str, Any]) -> dict[str, Any]:
-    """The endpoint's own template: the bundle's runner and env, plus per_worker, type, hooks."""
+    """The endpoint's own template: the bundle's runner and env, plus per_worker, type, hooks
+    (and the batch mark)."""
     env = {**bundle["env"], ENV_CONCURRENCY: str(a.per_worker), ENV_TYPE: a.endpoint_type,
            ENV_HOOKS: ",".join(a.post_inference_hooks)}
+    if a.batch:
+        env[ENV_BATCH] = "1"
     return {"name": f"launch {a.endpoint_name}"[:128], "handler": bundle["handler"], "env": env,
             "image_name": ""}
 

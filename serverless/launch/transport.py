@@ -1,5 +1,6 @@
 """The HTTP underneath LaunchClient: podq's job routes (/v2) through the clients' pure protocol
-(serverless/client/protocol.py), and the admin and bundle routes (/v1).
+(serverless/client/protocol.py), the admin and bundle routes (/v1), and the batch routes
+(/v1/batches) through serverless.batches' client.
 
 `Endpoint`/`Job` resolve their gateway from serverless.endpoint_url_base or the environment;
 a LaunchClient names its gateway explicitly, so it drives protocol.py's requests and flows over
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 
 from serverless.admin import AdminClient, admin_base_url
+from serverless.batches.client import BatchClient
 from serverless.client import protocol
 from serverless.client.protocol import EndpointRef, Flow, JobRef, Reply, Request, Sleep
 from serverless.errors import PodqError
@@ -25,13 +27,14 @@ UPLOAD_TIMEOUT_S = 300.0
 
 
 class Transport:
-    """One gateway: its /v1 admin API and its /v2 job routes, with one key."""
+    """One gateway: its /v1 admin API, its /v1/batches routes and its /v2 job routes, with one key."""
 
     def __init__(self, base_url: str | None, api_key: str | None) -> None:
         self.headers = protocol.auth_headers(api_key)
         self.admin = AdminClient(admin_base_url(base_url), self.headers)
         self.base_url = self.admin.base_url
         self.http = httpx.Client()
+        self.batches = BatchClient(self.base_url, api_key)
 
     def endpoint(self, endpoint_id: str) -> EndpointRef:
         return EndpointRef(f"{self.base_url}/v2", endpoint_id, self.headers)
@@ -113,3 +116,4 @@ class Transport:
 
     def close(self) -> None:
         self.http.close()
+        self.batches.close()
