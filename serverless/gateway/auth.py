@@ -323,8 +323,15 @@ async def _endpoint_access(request: web.Request) -> EndpointAccess:
     return await request.app[state.KEYS].access(endpoint, now_ms())
 
 
+# routes that also take the key as `?api_key=` (RunPod's GraphQL API: its curl examples send it
+# so); the header wins when both are sent
+QUERY_KEY_ROUTES = frozenset({"graphql"})
+
+
 async def _refusal(request: web.Request, access: EndpointAccess) -> web.Response | None:
     key = presented_key(request.headers.get("Authorization"))
+    if key is None and request.match_info.route.name in QUERY_KEY_ROUTES:
+        key = request.query.get("api_key") or None
     if key is None:
         return error_response(401, MISSING_KEY, _CHALLENGE)
     checker = request.app[state.KEYS]

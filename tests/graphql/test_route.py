@@ -192,3 +192,10 @@ async def test_keys_missing_wrong_and_not_admin_are_refused_as_json(make_gateway
     assert user.status == 403 and user.body["error"].startswith("POST /graphql needs the admin key")
     admin = await gw.call("POST", "/graphql", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert admin.status == 200 and admin.body == {"data": {"myself": {"endpoints": []}}}
+    # RunPod's curl form: the key in the query string, on this route only
+    query_key = await gw.call("POST", f"/graphql?api_key={ADMIN_KEY}", json=body, auth=False)
+    assert query_key.status == 200 and query_key.body == {"data": {"myself": {"endpoints": []}}}
+    query_user = await gw.call("POST", "/graphql?api_key=user-key", json=body, auth=False)
+    assert query_user.status == 403
+    elsewhere = await gw.call("GET", f"/v1/endpoints?api_key={ADMIN_KEY}", auth=False)
+    assert elsewhere.status == 401
