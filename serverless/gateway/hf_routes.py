@@ -28,14 +28,13 @@ the error event at the end is TGI's instead of OpenAI's.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from serverless.errors import BadRequest
-from serverless.gateway import openai_routes, routes, sse, state
+from serverless.gateway import openai_routes, routes, state
 from serverless.gateway.limits import read_body
 from serverless.gateway.openai_routes import JOB_HEADER, CompletionBody, OpenAIErrorReply
 from serverless.gateway.openapi import Param, Route
@@ -125,36 +124,12 @@ async def _answer_when_done(request: web.Request, endpoint: str, job: RunRequest
     return _json(200, body_of(output, [bytes(c.output) for c in chunks]), record.id)
 
 
-class _HFPump(openai_routes._OpenAIPump):
+class _HFPump(openai_routes.OpenAIPump):
     """The OpenAI route's pump (a chunk per event, [DONE] last), ending a failed job with
     TGI's error event instead of OpenAI's."""
 
     async def _end(self, status: int, message: str) -> None:
         await self._send(error_event(message))
-
-
-async def _stream(request: web.Request, endpoint: str, job: RunRequest) -> web.StreamResponse:
-    """Submit and stream the job's chunks as SSE; cancel the job if the client leaves."""
-    store: JobStore = request.app[state.STORE]
-    record = await store.submit(endpoint, job)
-    pump = _HFPump(request, store, record.id)
-    try:
-        await asyncio.create_task(pump.run(sse.START, request.app[state.SSE_BLOCK_MS]),
-                                  name=f"podq-hf-{record.id}")
-    except ConnectionError:  # the client hung up: nobody can read the rest
-        await store.cancel(record.id)
-        return pump.response or web.Response(status=499)  # 499: nginx's "client closed"
-    except asyncio.CancelledError:
-        await asyncio.shield(store.cancel(record.id))
-        raise
-    if pump.unsent is not None:
-        return _error(*openai_routes.ended_without_result(pump.unsent), record.id)
-    assert pump.response is not None  # _ended sent [DONE] or an error event
-    try:
-        await pump.response.write_eof()
-    except ConnectionError:
-        pass
-    return pump.response
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
@@ -163,7 +138,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     raw, stream = await _body(request)
     job = RunRequest(input=msgspec.Raw(raw))
     if stream:
-        return await _stream(request, endpoint, job)
+        return await openai_routes.stream_job(request, endpoint, job, _HFPump, _error)
     return await _answer_when_done(request, endpoint, job)
 
 

@@ -231,7 +231,7 @@ async def _answer_when_done(request: web.Request, endpoint: str, job: RunRequest
                         headers={JOB_HEADER: record.id})
 
 
-class _OpenAIPump(sse._Pump):
+class OpenAIPump(sse._Pump):
     """The /stream SSE pump, writing OpenAI's events: `sse_of_chunk` per chunk, no `id:`, and
     `data: [DONE]` (or an error event) at the end instead of the status event. The response
     starts with the first bytes, so a job that ends with nothing sent is answered as JSON."""
@@ -278,15 +278,19 @@ class _OpenAIPump(sse._Pump):
         await self._send(b"data: " + error_body(status, message) + b"\n\n")
 
 
-async def _stream(request: web.Request, endpoint: str, job: RunRequest) -> web.StreamResponse:
-    """Submit and stream the job's chunks as OpenAI's SSE; cancel the job if the client leaves."""
+async def stream_job(request: web.Request, endpoint: str, job: RunRequest,
+                     pump_type: type[OpenAIPump] = OpenAIPump,
+                     error: Callable[[int, str, str], web.Response] | None = None) -> web.StreamResponse:
+    """Submit and stream the job's chunks as SSE (a chunk per event, [DONE] last) with
+    `pump_type`; a job that ended before any chunk is answered by `error(status, message,
+    job_id)` (default OpenAI's shape). The job is cancelled if the client leaves."""
     store: JobStore = request.app[state.STORE]
     record = await store.submit(endpoint, job)
-    pump = _OpenAIPump(request, store, record.id)
+    pump = pump_type(request, store, record.id)
     try:
         # its own task, as sse.stream_events does: a chunk resumes only the pump's frames
         await asyncio.create_task(pump.run(sse.START, request.app[state.SSE_BLOCK_MS]),
-                                  name=f"podq-openai-{record.id}")
+                                  name=f"podq-stream-{record.id}")
     except ConnectionError:  # the client hung up: nobody can read the rest
         await store.cancel(record.id)
         return pump.response or web.Response(status=499)  # 499: nginx's "client closed"
@@ -294,7 +298,7 @@ async def _stream(request: web.Request, endpoint: str, job: RunRequest) -> web.S
         await asyncio.shield(store.cancel(record.id))
         raise
     if pump.unsent is not None:
-        return _error(*ended_without_result(pump.unsent), record.id)
+        return (error or _error)(*ended_without_result(pump.unsent), record.id)
     assert pump.response is not None  # _ended sent [DONE] or an error event
     try:
         await pump.response.write_eof()
@@ -308,7 +312,7 @@ async def _completion(request: web.Request, route: str) -> web.StreamResponse:
     body = await _body(request)
     job = _job_input(route, body)
     if body.get("stream") is True:
-        return await _stream(request, endpoint, job)
+        return await stream_job(request, endpoint, job)
     return await _answer_when_done(request, endpoint, job)
 
 
