@@ -1,12 +1,24 @@
-"""Launch fixtures: settings whose object store is a temporary folder, and the demo bundle."""
+"""Launch fixtures: settings whose object store is a temporary folder, the demo bundle, and a
+gateway with a real scaler starting bundle workers (process backend)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from scaler.backends.process import ProcessBackend
+from scaler.loop import Scaler
+from serverless.gateway import GatewayOptions
+from serverless.redis_server import RedisProcess
+from serverless.registry import Registry
 from serverless.settings import Settings
+from serverless.store import JobStore
+from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
 
 DEMO = Path(__file__).parent / "bundles" / "demo"
 
@@ -15,3 +27,26 @@ DEMO = Path(__file__).parent / "bundles" / "demo"
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     return Settings(redis_url=redis_url, lease_ms=2_000, heartbeat_ms=300,
                     data_dir=str(tmp_path / "data"))
+
+
+@contextmanager
+def scaled_gateway(redis_server: RedisProcess, root: Path) -> Iterator[ThreadedGateway]:
+    """A gateway whose loop also runs a scaler with the process backend; files under `root`."""
+    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300,
+                        data_dir=str(root / "data"))
+    backend = ProcessBackend(settings.redis_url, log_dir=str(root / "workers"))
+
+    async def scale(store: JobStore) -> None:
+        scaler = Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.2)
+        try:
+            await scaler.run(asyncio.Event())
+        finally:
+            await scaler.close()
+            await asyncio.gather(*(backend.stop(h, 0.5) for h in await backend.list()))
+
+    os.environ["PODQ_BUNDLE_CACHE"] = str(root / "cache")  # the workers inherit it
+    try:
+        with ThreadedGateway(settings, GatewayOptions(admin_key=ADMIN_KEY), (scale,)) as gw:
+            yield gw
+    finally:
+        del os.environ["PODQ_BUNDLE_CACHE"]

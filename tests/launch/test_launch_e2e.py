@@ -6,9 +6,7 @@ One gateway, scaler and set of endpoints serve the whole module (workers take se
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -17,20 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from scaler.backends.process import ProcessBackend
-from scaler.loop import Scaler
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.gateway import GatewayOptions
 from serverless.launch import (
     AsyncEndpoint, EndpointRequest, EndpointResponseFuture, LaunchClient, StreamingEndpoint,
     SyncEndpoint,
 )
 from serverless.redis_server import RedisProcess
-from serverless.registry import Registry
-from serverless.settings import Settings
-from serverless.store import JobStore
 from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
-from tests.launch.conftest import DEMO
+from tests.launch.conftest import DEMO, scaled_gateway
 
 pytestmark = pytest.mark.timeout(120)
 ENV = {"framework_type": "pytorch", "pytorch_image_tag": "1.10.0-cuda11.3-cudnn8-runtime"}
@@ -39,25 +31,8 @@ LABELS = {"team": "MY_TEAM", "product": "MY_PRODUCT"}
 
 @pytest.fixture(scope="module")
 def gateway(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedGateway]:
-    root = tmp_path_factory.mktemp("launch")
-    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300,
-                        data_dir=str(root / "data"))
-    backend = ProcessBackend(settings.redis_url, log_dir=str(root / "workers"))
-
-    async def scale(store: JobStore) -> None:
-        scaler = Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.2)
-        try:
-            await scaler.run(asyncio.Event())
-        finally:
-            await scaler.close()
-            await asyncio.gather(*(backend.stop(h, 0.5) for h in await backend.list()))
-
-    os.environ["PODQ_BUNDLE_CACHE"] = str(root / "cache")  # the workers inherit it
-    try:
-        with ThreadedGateway(settings, GatewayOptions(admin_key=ADMIN_KEY), (scale,)) as gw:
-            yield gw
-    finally:
-        del os.environ["PODQ_BUNDLE_CACHE"]
+    with scaled_gateway(redis_server, tmp_path_factory.mktemp("launch")) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
