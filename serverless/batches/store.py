@@ -12,8 +12,8 @@ Redis holds, per batch, at most max_in_flight jobs and in-flight entries and at 
 plan.window() ready lines: never the file. Each runner step is one MULTI/EXEC, so a crash
 leaves the batch at the end of a step (runner.py explains why every step is safe to redo).
 The state moves (cancel, finish, a new round) are compare-and-set scripts, so a cancel and the
-runner's own end never overwrite each other. (Like scaler/leader.py's lease, these small
-scripts live with their owner rather than in serverless/lua/: they touch no job.)
+runner's own end never overwrite each other (this small script lives with its owner rather
+than in serverless/lua/: it touches no job). The runner's lease is serverless/lease.py's.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from serverless import keys
 from serverless.batches import plan
+from serverless.lease import Leases
 from serverless.batches.model import ACTIVE_STATES, RESULT_STATUSES, Batch, BatchState, Cursor
 
 PREFIX = "podq:batch:"
@@ -83,16 +84,6 @@ for i = 3, #ARGV do if ARGV[i] == now then
 end end
 return 0
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def _row(fields: dict[bytes, bytes], in_flight: int) -> Row:
     f = {k.decode(): v for k, v in fields.items()}
     num = lambda name, default=0: int(f[name]) if name in f else default  # noqa: E731
@@ -116,8 +107,7 @@ class BatchStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._cas = redis.register_script(_CAS)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._leases = Leases(redis)
 
     # ---- records ----------------------------------------------------------------------
 
@@ -231,13 +221,13 @@ class BatchStore:
     # ---- the runner's lease ------------------------------------------------------------
 
     async def take_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self.redis.set(_key(batch_id, "lease"), owner, nx=True, px=ttl_ms))
+        return await self._leases.take(_key(batch_id, "lease"), owner, ttl_ms)
 
     async def renew_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[_key(batch_id, "lease")], args=[owner, ttl_ms]))
+        return await self._leases.renew(_key(batch_id, "lease"), owner, ttl_ms)
 
     async def release_lease(self, batch_id: str, owner: str) -> None:
-        await self._release(keys=[_key(batch_id, "lease")], args=[owner])
+        await self._leases.release(_key(batch_id, "lease"), owner)
 
 
 def to_batch(row: Row, results_url: str) -> Batch:
