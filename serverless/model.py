@@ -142,8 +142,9 @@ class WorkerBeat(msgspec.Struct, kw_only=True):
     idle_since: int = 0  # when the worker last had no job (0 while running one)
     version: int = 0  # the endpoint version it was started for (scaler rolling updates)
     protocol: WorkerProtocol = WorkerProtocol.PODQ
-    # its heartbeat period; 0: the podq runtime's (Settings.heartbeat_ms). RunPod workers ping
-    # every RUNPOD_PING_INTERVAL, which is longer, so silence is judged per worker
+    # its heartbeat period, so silence is judged per worker (RunPod workers ping every
+    # RUNPOD_PING_INTERVAL; podq's runtime every PODQ_HEARTBEAT_MS of its own, which need not
+    # be the scaler's); 0 (a record from before this field): the reader's Settings.heartbeat_ms
     interval_ms: int = 0
     runpod_version: str = ""  # the SDK version a RunPod worker reports in its pings
     reason: str = ""  # why it is unhealthy, as the worker said (a failed fitness check)

@@ -285,6 +285,7 @@ class Worker:
             gpus=nvml.gpus(os.environ.get("CUDA_VISIBLE_DEVICES")),
             pid=os.getpid(), host=socket.gethostname(), seen_at=now_ms(), started_at=self.started_at,
             idle_since=0 if self.active else self.idle_since, version=self.version,
+            interval_ms=self.settings.heartbeat_ms,  # silence is judged by this worker's own period
         )
 
     async def _drain(self) -> None:
