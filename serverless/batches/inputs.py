@@ -1,6 +1,6 @@
 """Reading a batch's input file: JSONL (one JSON value per line: the job's `input`) or CSV (a
 header row, then one row per input: `{"column": "value", ...}`), from the object store's byte
-stream, resumable at a byte offset.
+stream, resumable at a byte offset (a ranged read of the stored file).
 
 The file is cut into records by `Splitter`, which knows each record's end offset and line, so
 the runner can save a `Cursor` after every step and a restarted runner continues at the next
@@ -120,30 +120,18 @@ def decode_csv(record: Record, header: list[str]) -> tuple[bytes | None, str | N
     return msgspec.json.encode(dict(zip(header, row))), None
 
 
-async def _skip(chunks: AsyncIterator[bytes], offset: int) -> bytes:
-    """Read past the first `offset` bytes; what is left of the chunk they end in."""
-    seen = 0
-    async for chunk in chunks:
-        if seen + len(chunk) > offset:
-            return chunk[offset - seen:]
-        seen += len(chunk)
-    return b""
-
-
 async def items(
     chunks: AsyncIterator[bytes], fmt: str, start: Cursor, header: list[str] | None = None
 ) -> AsyncIterator[Item]:
-    """Every input from `start` on (the stream starts at byte 0; `start` is where the last
-    run stopped, or just after the CSV header)."""
+    """Every input from `start` on: `chunks` begin at byte `start.offset` of the file (a ranged
+    read: ObjectStore.stream(key, start=...)), where the last run stopped or just after the CSV
+    header, so a restarted runner never reads the file's head again."""
     splitter = Splitter(fmt == "csv", start)
 
     def decoded(record: Record) -> Item:
         value, error = decode_csv(record, header or []) if fmt == "csv" else decode_jsonl(record)
         return Item(record.end.index - 1, value, error, record.end)
 
-    first = await _skip(chunks, start.offset)
-    for record in splitter.feed(first):
-        yield decoded(record)
     async for chunk in chunks:
         for record in splitter.feed(chunk):
             yield decoded(record)

@@ -188,7 +188,7 @@ class Runner:
 
     async def _read(self, n: int) -> list[tuple[Item, bytes | None]]:
         if self._inputs is None:
-            stream = self.objects.stream(self.meta.input_key)
+            stream = self.objects.stream(self.meta.input_key, start=self.cursor.offset)
             self._inputs = items(stream, self.meta.format, self.cursor, self.meta.header)
             if self.round > 0:
                 self._last = results.round_lines(self.objects, self.id, self.round - 1, self.cursor.index)

@@ -47,8 +47,9 @@ class ObjectStore(Protocol):
         """The whole object."""
         ...
 
-    def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
-        """The object in chunks (NotFound is raised on the first iteration)."""
+    def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
+        """The object in chunks from byte `start` on (nothing when `start` is at or past its
+        end); NotFound is raised on the first iteration."""
         ...
 
     async def size(self, key: str) -> int | None:

@@ -69,12 +69,14 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError):
             raise self._missing(key) from None
 
-    async def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
         try:
             f = await asyncio.to_thread(open, self._path(key), "rb")
         except (FileNotFoundError, IsADirectoryError):
             raise self._missing(key) from None
         try:
+            if start:
+                f.seek(start)
             while chunk := await asyncio.to_thread(f.read, chunk_bytes):
                 yield chunk
         finally:

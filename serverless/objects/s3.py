@@ -199,8 +199,16 @@ class S3Store:
         async with reply["Body"] as body:
             return await body.read()
 
-    async def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
-        reply = await self._call("get_object", key, Key=self._key(key))
+    async def stream(self, key: str, chunk_bytes: int = CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
+        ranged: dict[str, str] = {}
+        if start:  # a Range at or past the end is S3's 416: answer nothing, as a file would
+            size = await self.size(key)
+            if size is None:
+                raise NotFound(f"object {key!r} does not exist in {self.where}")
+            if start >= size:
+                return
+            ranged["Range"] = f"bytes={start}-"
+        reply = await self._call("get_object", key, Key=self._key(key), **ranged)
         async with reply["Body"] as body:
             while chunk := await _read_up_to(body, chunk_bytes):
                 yield chunk

@@ -17,7 +17,7 @@ async def chunked(data: bytes, size: int = 3) -> AsyncIterator[bytes]:
 
 
 async def read_all(data: bytes, fmt: str, start: Cursor = Cursor(), header=None, size: int = 3):  # type: ignore[no-untyped-def]
-    return [item async for item in items(chunked(data, size), fmt, start, header)]
+    return [item async for item in items(chunked(data[start.offset:], size), fmt, start, header)]
 
 
 def test_splitter_counts_offsets_lines_and_skips_blank_lines() -> None:

@@ -92,6 +92,17 @@ async def test_stream_in_chunks(any_store: ObjectStore) -> None:
     assert [c async for c in any_store.stream("batches/b-1/inputs.jsonl")] == [data[:MiB], data[MiB:]]
 
 
+async def test_stream_from_a_byte_offset(any_store: ObjectStore) -> None:
+    data = bytes(range(256)) * 40
+    await any_store.put("batches/b-2/inputs.jsonl", data)
+    tail = [c async for c in any_store.stream("batches/b-2/inputs.jsonl", chunk_bytes=1000, start=7_000)]
+    assert [len(c) for c in tail] == [1000, 1000, 1000, 240] and b"".join(tail) == data[7_000:]
+    for at_or_past_end in (len(data), len(data) + 5):
+        assert [c async for c in any_store.stream("batches/b-2/inputs.jsonl", start=at_or_past_end)] == []
+    with pytest.raises(NotFound):
+        [c async for c in any_store.stream("batches/b-2/none", start=10)]
+
+
 async def test_stream_stopped_early_then_read_again(any_store: ObjectStore) -> None:
     await any_store.put("k", b"x" * 1000)
     reader = any_store.stream("k", chunk_bytes=10)
