@@ -8,22 +8,8 @@ given as an NVIDIA device request by NVML uuid, the Engine API's form of `docker
 Every error the engine returns becomes a `BackendError` in one place, `_engine_errors`, with a
 message that names the fix.
 
-A template's container settings (WorkerSpec volume_gb, ports, disk_gb) are applied, or said
-out loud where the engine cannot (docs/docker.md):
-
-- volume: one named volume per endpoint, `podq-vol-<endpoint>`, shared by its workers and kept
-  when they stop (a model cache survives scale-to-zero); created on the first start with the
-  local driver's `size` option, which needs quota support (xfs with pquota). Where the engine
-  refuses the size, the volume is created without it and a warning quotes the engine. It is
-  mounted at the spec's volume_mount_path.
-- ports: exposed as TCP; on a bridge or named network each is published to a host port the
-  engine picks (`docker port <container> 8888`). On the host network (the default) the worker's
-  ports are the host's own: nothing to publish, and a warning says a second worker on the same
-  host cannot bind them.
-- disk: `HostConfig.StorageOpt size` where the storage driver limits a container's writable
-  layer (devicemapper, btrfs, zfs; overlay2 and vfs over xfs with pquota), read once from the
-  engine's /info; elsewhere, or when the engine refuses it, the container starts without a
-  limit and ONE warning per endpoint names the driver and why.
+A template's container settings (volume, ports, disk) are applied as docker_template.py
+says, or said out loud (one warning per endpoint) where the engine cannot.
 """
 
 from __future__ import annotations
@@ -50,6 +36,9 @@ from scaler.backends.base import (
     WorkerHandle,
     WorkerSpec,
 )
+from scaler.backends.docker_template import (
+    apply_template_settings, disk_limit_refusal, is_quota_refusal, volume_name,
+)
 from serverless.store import now_ms
 
 log = logging.getLogger("podq.scaler")
@@ -65,12 +54,6 @@ LABEL_STARTED = "podq.started_at"
 LABEL_SCOPE = "podq.scope"
 # Container states (Engine API `State`) in which the worker process exists or is coming back.
 _ALIVE_STATES = frozenset({"running", "restarting"})
-VOLUME_PREFIX = "podq-vol-"
-# storage drivers whose containers take `StorageOpt size` (Engine API, `docker run --storage-opt`)
-DISK_LIMIT_DRIVERS = frozenset({"devicemapper", "btrfs", "zfs"})
-QUOTA_DRIVERS = frozenset({"overlay2", "vfs"})  # only over xfs mounted with pquota
-# what an engine answers when asked for a size it cannot enforce (volume or container)
-_NO_QUOTA = ("quota", "storage-opt", "storage opt")
 
 
 class DockerOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,31 +116,6 @@ def container_name(spec: WorkerSpec) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"podq-{spec.endpoint_id}-{spec.worker_id}")
 
 
-def volume_name(endpoint_id: str) -> str:
-    """`podq-vol-<endpoint>`: the endpoint's volume (characters Docker refuses become `-`)."""
-    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{VOLUME_PREFIX}{endpoint_id}")
-
-
-def disk_limit_refusal(info: Mapping[str, Any]) -> str | None:
-    """Why this engine cannot limit a container's disk, or None when it can (pure).
-
-    Args:
-        info: the engine's `GET /info` (its `Driver` and `DriverStatus` pairs).
-
-    Returns:
-        None for devicemapper, btrfs, zfs, and overlay2 / vfs over xfs (which also needs the
-        pquota mount option: the engine's own refusal says so at create); else the reason.
-    """
-    driver = str(info.get("Driver") or "unknown")
-    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
-    backing = status.get("Backing Filesystem", "")
-    if driver in DISK_LIMIT_DRIVERS or (driver in QUOTA_DRIVERS and backing == "xfs"):
-        return None
-    over = f" over {backing}" if backing else ""
-    return (f"storage driver {driver}{over} cannot limit a container's disk (that needs devicemapper, "
-            "btrfs, zfs, or overlay2 on xfs mounted with pquota)")
-
-
 def worker_command(spec: WorkerSpec, python: str) -> list[str]:
     """The argv the container runs; empty means the image's own CMD."""
     if spec.command:
@@ -200,20 +158,6 @@ def restart_policy(spec: WorkerSpec, options: DockerOptions) -> dict[str, Any]:
     return {"Name": "on-failure", "MaximumRetryCount": options.restart_retries}
 
 
-def _apply_template_settings(spec: WorkerSpec, options: DockerOptions, disk_limit: bool,
-                             config: dict[str, Any]) -> None:
-    host_config = config["HostConfig"]
-    if spec.volume_gb:
-        host_config["Mounts"] = [{"Type": "volume", "Source": volume_name(spec.endpoint_id),
-                                  "Target": spec.volume_mount_path}]
-    if spec.ports:
-        config["ExposedPorts"] = {f"{port}/tcp": {} for port in spec.ports}
-        if options.network_mode != "host":  # the engine discards bindings on the host network
-            host_config["PortBindings"] = {f"{port}/tcp": [{"HostPort": ""}] for port in spec.ports}
-    if disk_limit and spec.disk_gb:
-        host_config["StorageOpt"] = {"size": f"{spec.disk_gb}G"}
-
-
 def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int,
                      disk_limit: bool = False) -> dict[str, Any]:
     """The body of `POST /containers/create` for one worker (pure).
@@ -248,7 +192,7 @@ def container_config(spec: WorkerSpec, options: DockerOptions, started_at: int,
     command = worker_command(spec, options.python)
     if command:
         config["Cmd"] = command
-    _apply_template_settings(spec, options, disk_limit, config)
+    apply_template_settings(spec, options.network_mode, disk_limit, config)
     return config
 
 
@@ -382,7 +326,7 @@ class DockerBackend:
                 return await self._client().containers.create(config, name=container_name(spec))
         except BackendError as e:
             storage = config["HostConfig"].pop("StorageOpt", None)
-            if storage is None or not _is_quota_refusal(e):
+            if storage is None or not is_quota_refusal(engine_message(e)):
                 raise
             self._disk_refusal = f"the engine refused a disk limit ({engine_message(e)})"
             self._warn_disk(spec)
@@ -430,7 +374,7 @@ class DockerBackend:
                 await volumes.create(config)
                 return
         except BackendError as e:
-            if not _is_quota_refusal(e):
+            if not is_quota_refusal(engine_message(e)):
                 raise
             self._warn_once(spec.endpoint_id, "volume", (
                 f"volume {name} of endpoint {spec.endpoint_id} is created without its size "
@@ -508,10 +452,6 @@ def engine_message(error: BackendError) -> str:
     """The engine's own words behind a BackendError (its message when it came from one)."""
     cause = error.__cause__
     return str(cause.message).strip() if isinstance(cause, aiodocker.DockerError) else str(error)
-
-
-def _is_quota_refusal(error: BackendError) -> bool:
-    return any(word in engine_message(error).lower() for word in _NO_QUOTA)
 
 
 def log_time(line: str) -> str:

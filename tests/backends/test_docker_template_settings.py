@@ -15,7 +15,8 @@ import aiodocker
 import pytest
 
 from scaler.backends.base import LABEL_ENDPOINT, BackendError, container_settings, refuse_volume_and_ports
-from scaler.backends.docker import DockerBackend, DockerOptions, container_config, disk_limit_refusal, volume_name
+from scaler.backends.docker import DockerBackend, DockerOptions, container_config
+from scaler.backends.docker_template import disk_limit_refusal, volume_name
 from serverless.model import Template
 from tests.backends.docker_engine import DockerEngine, api
 from tests.backends.test_docker import inspect, make_spec
