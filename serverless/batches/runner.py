@@ -3,7 +3,8 @@
 Every gateway replica runs a `Supervisor`: once a second it lists the active batches and takes
 the Redis lease of any nobody runs (SET NX PX, renewed every few seconds), so exactly one
 replica drives each batch, and another takes over within LEASE_TTL_MS of a crash. The lease
-holder's `Runner` repeats one loop, each step one MULTI/EXEC (store.py):
+holder's `Runner` repeats one loop, each step one MULTI/EXEC fenced by the lease (store.py:
+a runner that lost it gets LeaseLost and stops):
 
     feed     read the next inputs (at most max_in_flight in flight, at most plan.window()
              unwritten), submit each as a job with a deterministic id, then save the cursor
@@ -44,7 +45,7 @@ from serverless import keys
 from serverless.batches import plan, results
 from serverless.batches.inputs import Item, items
 from serverless.batches.model import ACTIVE_STATES, RETRIED_STATUSES, BatchState
-from serverless.batches.store import BatchStore, Row
+from serverless.batches.store import BatchStore, LeaseLost, Row
 from serverless.errors import Conflict
 from serverless.model import TERMINAL_STATUSES, Policy, RunRequest
 from serverless.notify import listen_forever
@@ -180,7 +181,7 @@ class Runner:
                                  and (last is None or results.head(last)[1] in RETRIED_STATUSES))}
         if read:
             self.cursor = read[-1][0].after
-        await self.batches.advance(self.id, self.cursor, self.exhausted, submit, ready, counted)
+        await self.batches.advance(self.id, self.owner, self.cursor, self.exhausted, submit, ready, counted)
         self.in_flight |= set(submit)
         self._add_ready(ready)
         self._finished += counted["FAILED"]
@@ -246,7 +247,7 @@ class Runner:
             done.append(job)
         if not lines:
             return False
-        await self.batches.collect(self.id, lines, counted, done)
+        await self.batches.collect(self.id, self.owner, lines, counted, done)
         self.in_flight -= set(lines)
         self._add_ready(lines)
         self._finished += len(lines)
@@ -279,7 +280,7 @@ class Runner:
             start = self.written
             lines = await self.batches.lines(self.id, start, run)
             await self.objects.put(results.part_key(self.id, self.round, start), b"\n".join(lines) + b"\n")
-            await self.batches.written(self.id, start, run)
+            await self.batches.written(self.id, self.owner, start, run)
             self.written += run
             self.ready -= set(range(start, start + run))
             self.waiting_since = time.monotonic() if self.ready else None
@@ -334,6 +335,8 @@ class Supervisor:
             await Runner(self.batches, self.jobs, self.objects, batch_id, self.owner).run()
         except asyncio.CancelledError:
             raise
+        except LeaseLost as e:  # paused past the lease: another gateway runs the batch now
+            log.warning("%s; this gateway stops running it", e)
         except Exception:  # the next scan starts it again, from what Redis holds
             log.exception("batch %s: runner stopped; it resumes on the next scan", batch_id)
         finally:

@@ -18,10 +18,13 @@ than in serverless/lua/: it touches no job). The runner's lease is serverless/le
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from serverless import keys
 from serverless.batches import plan
@@ -84,6 +87,10 @@ for i = 3, #ARGV do if ARGV[i] == now then
 end end
 return 0
 """
+class LeaseLost(Exception):
+    """A runner step was refused: another gateway holds the batch's lease now."""
+
+
 def _row(fields: dict[bytes, bytes], in_flight: int) -> Row:
     f = {k.decode(): v for k, v in fields.items()}
     num = lambda name, default=0: int(f[name]) if name in f else default  # noqa: E731
@@ -163,31 +170,47 @@ class BatchStore:
             await self.redis.hdel(_key(row.meta.id), "finished_at")
         return moved
 
-    # ---- runner steps (one MULTI each) -------------------------------------------------
+    # ---- runner steps (one MULTI each, fenced by the runner's lease) ----------------------
 
-    async def advance(self, batch_id: str, cursor: Cursor, exhausted: bool, submitted: Iterable[int],
-                      ready: Mapping[int, bytes], counted: Mapping[str, int]) -> None:
+    @asynccontextmanager
+    async def _fenced(self, batch_id: str, owner: str) -> AsyncIterator[Pipeline]:
+        """A MULTI that runs only while `owner` holds the batch's lease: the lease key is
+        WATCHed and read first, so a runner that lost its lease (paused past its TTL while
+        another gateway took over) raises LeaseLost instead of writing a step."""
+        lease = _key(batch_id, "lease")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(lease)
+            if await pipe.get(lease) != owner.encode():
+                raise LeaseLost(f"batch {batch_id}: its lease is no longer {owner}'s")
+            pipe.multi()
+            yield pipe
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise LeaseLost(f"batch {batch_id}: its lease changed during a step") from None
+
+    async def advance(self, batch_id: str, owner: str, cursor: Cursor, exhausted: bool,
+                      submitted: Iterable[int], ready: Mapping[int, bytes],
+                      counted: Mapping[str, int]) -> None:
         """Inputs read: the cursor moves past them, submitted ones are in flight, the others
         (unreadable, or carried over from the last round) are ready results."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._fenced(batch_id, owner) as pipe:
             pipe.hset(_key(batch_id), mapping={**_cursor_fields(cursor), "exhausted": int(exhausted)})
             if submitted := list(submitted):
                 pipe.sadd(_key(batch_id, "inflight"), *submitted)
             self._add_ready(pipe, batch_id, ready, counted)
-            await pipe.execute()
 
-    async def collect(self, batch_id: str, ready: Mapping[int, bytes], counted: Mapping[str, int],
-                      job_ids: Iterable[str]) -> None:
+    async def collect(self, batch_id: str, owner: str, ready: Mapping[int, bytes],
+                      counted: Mapping[str, int], job_ids: Iterable[str]) -> None:
         """Finished jobs: their lines are ready, they leave the in-flight set, and their job
         records are deleted (the line holds all a batch user reads; Redis keeps no more)."""
         job_ids = list(job_ids)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._fenced(batch_id, owner) as pipe:
             if ready:
                 pipe.srem(_key(batch_id, "inflight"), *ready)
             self._add_ready(pipe, batch_id, ready, counted)
             if job_ids:
                 pipe.delete(*(keys.job(j) for j in job_ids), *(keys.chunks(j) for j in job_ids))
-            await pipe.execute()
 
     @staticmethod
     def _add_ready(pipe, batch_id: str, ready: Mapping[int, bytes], counted: Mapping[str, int]) -> None:  # type: ignore[no-untyped-def]
@@ -208,12 +231,11 @@ class BatchStore:
         assert all(x is not None for x in raw), "a ready run has a gap"
         return raw
 
-    async def written(self, batch_id: str, start: int, n: int) -> None:
+    async def written(self, batch_id: str, owner: str, start: int, n: int) -> None:
         """A results part [start, start + n) is stored: its lines leave Redis."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._fenced(batch_id, owner) as pipe:
             pipe.hdel(_key(batch_id, "ready"), *range(start, start + n))
             pipe.hset(_key(batch_id), "written", start + n)
-            await pipe.execute()
 
     async def set_rate(self, batch_id: str, rate: float) -> None:
         await self.redis.hset(_key(batch_id), "rate", f"{rate:.3f}")

@@ -128,3 +128,26 @@ async def test_a_batch_survives_a_redis_restart(tmp_path: Path) -> None:
         if restarted is not None:
             restarted.stop()
         redis.stop()
+
+
+async def test_a_runner_that_lost_its_lease_writes_no_step(store: JobStore) -> None:
+    """Fencing: a gateway paused past its lease (another took the batch over) cannot write a
+    step: each step is a MULTI that WATCHes the lease and checks its owner first."""
+    from serverless.batches.model import Cursor
+    from serverless.batches.store import BatchStore, LeaseLost
+
+    batches = BatchStore(store.redis)
+    batch = "batch-fenced"
+    assert await batches.take_lease(batch, "gateway-a", 10_000)
+    await batches.advance(batch, "gateway-a", Cursor(1, 10, 2), False, [0], {}, {})
+    await store.redis.delete(f"podq:batch:{batch}:lease")  # a's lease ran out ...
+    assert await batches.take_lease(batch, "gateway-b", 10_000)  # ... and b took the batch
+    with pytest.raises(LeaseLost, match="no longer gateway-a's"):
+        await batches.advance(batch, "gateway-a", Cursor(5, 50, 6), False, [1, 2, 3, 4], {}, {})
+    with pytest.raises(LeaseLost):
+        await batches.collect(batch, "gateway-a", {0: b"{}"}, {"FAILED": 1}, [])
+    with pytest.raises(LeaseLost):
+        await batches.written(batch, "gateway-a", 0, 1)
+    assert await batches.in_flight(batch) == {0}  # nothing of a's late steps landed
+    await batches.advance(batch, "gateway-b", Cursor(2, 20, 3), False, [1], {}, {})
+    assert await batches.in_flight(batch) == {0, 1}
