@@ -38,8 +38,7 @@ from serverless.gateway import openai_routes, routes, state
 from serverless.gateway.limits import read_body
 from serverless.gateway.openai_routes import JOB_HEADER, CompletionBody, OpenAIErrorReply
 from serverless.gateway.openapi import Param, Route
-from serverless.model import TERMINAL_STATUSES, RunRequest, Status
-from serverless.store import JobStore
+from serverless.model import RunRequest
 
 BASE = "/v2/{endpoint_id}/hf"
 # TGI's error kinds (text-generation-inference, router/src/server.rs); InferenceClient maps
@@ -110,16 +109,10 @@ async def _body(request: web.Request) -> tuple[bytes, bool]:
 
 async def _answer_when_done(request: web.Request, endpoint: str, job: RunRequest) -> web.Response:
     """Submit, wait as /runsync does, and answer the output; on timeout cancel the job (504)."""
-    store: JobStore = request.app[state.STORE]
-    wait_ms = routes.parse_wait(request.query.get("wait"))
-    record = await store.submit_and_wait(endpoint, job, wait_ms / 1000)
-    if record.status not in TERMINAL_STATUSES:
-        await store.cancel(record.id)
-        return _error(504, f"no result within {wait_ms} ms (job {record.id}, cancelled); send "
-                           "stream=true, or a longer ?wait= (ms, up to 300000)", record.id)
-    if record.status is not Status.COMPLETED:
-        return _error(*openai_routes.ended_without_result(record), record.id)
-    chunks = await store.read_chunks(record.id, count=_CHUNKS_READ)
+    record = await openai_routes.completed_job(request, endpoint, job, _error)
+    if isinstance(record, web.Response):
+        return record
+    chunks = await request.app[state.STORE].read_chunks(record.id, count=_CHUNKS_READ)
     output = bytes(record.output) if record.output is not None else None
     return _json(200, body_of(output, [bytes(c.output) for c in chunks]), record.id)
 

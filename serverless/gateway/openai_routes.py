@@ -215,17 +215,30 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _answer_when_done(request: web.Request, endpoint: str, job: RunRequest) -> web.Response:
-    """Submit, wait as /runsync does, and answer the output; on timeout cancel the job (504)."""
+async def completed_job(request: web.Request, endpoint: str, job: RunRequest,
+                        error: Callable[[int, str, str], web.Response] | None = None
+                        ) -> JobRecord | web.Response:
+    """Submit and wait as /runsync does: the COMPLETED record, or the answer to give instead,
+    shaped by `error(status, message, job_id)` (default OpenAI's): 504 with the job cancelled
+    when ?wait= passes, or why the job ended without a result."""
     store: JobStore = request.app[state.STORE]
     wait_ms = routes.parse_wait(request.query.get("wait"))
     record = await store.submit_and_wait(endpoint, job, wait_ms / 1000)
+    answer = error or _error
     if record.status not in TERMINAL_STATUSES:
         await store.cancel(record.id)
-        return _error(504, f"no result within {wait_ms} ms (job {record.id}, cancelled); "
+        return answer(504, f"no result within {wait_ms} ms (job {record.id}, cancelled); "
                            "send stream=true, or a longer ?wait= (ms, up to 300000)", record.id)
     if record.status is not Status.COMPLETED:
-        return _error(*ended_without_result(record), record.id)
+        return answer(*ended_without_result(record), record.id)
+    return record
+
+
+async def _answer_when_done(request: web.Request, endpoint: str, job: RunRequest) -> web.Response:
+    """Submit, wait as /runsync does, and answer the output; on timeout cancel the job (504)."""
+    record = await completed_job(request, endpoint, job)
+    if isinstance(record, web.Response):
+        return record
     status, body = reply_of(bytes(record.output) if record.output is not None else None)
     return web.Response(status=status, body=body, content_type="application/json",
                         headers={JOB_HEADER: record.id})

@@ -139,8 +139,8 @@ async def test_ports_are_published_to_a_host_port_on_a_bridge_network(
 ) -> None:
     status, body = api(docker_engine.socket_path, "POST", "/networks/create",
                        json.dumps({"Name": NET, "Driver": "bridge"}).encode())
-    if status != 201 and b"already exists" not in body:
-        pytest.skip(f"this engine cannot make a bridge network: {status} {body!r}")
+    # the suite's own dockerd (no iptables, no docker0) still makes user bridge networks
+    assert status == 201 or b"already exists" in body, f"the engine made no bridge network: {status} {body!r}"
     backend = backends(network_mode=NET)
     python = docker_engine.options().python
     spec = make_spec(endpoint, "w-port", ports=[8899], command=[python, "-m", "http.server", "8899", "-d", "/usr"])

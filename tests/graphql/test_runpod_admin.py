@@ -21,17 +21,15 @@ from typing import Any
 
 import msgspec
 import pytest
+import runpod  # part of podq's test extras: never a skip
+from runpod.api.graphql import run_graphql_query
 
-runpod = pytest.importorskip("runpod", reason="the runpod package is part of podq's test extras")
-
-from runpod.api.graphql import run_graphql_query  # noqa: E402
-
-from scaler.backends.process import ProcessBackend  # noqa: E402
-from scaler.loop import Scaler  # noqa: E402
-from serverless.gateway import GatewayOptions, start_gateway  # noqa: E402
-from serverless.gateway.server import RunningGateway  # noqa: E402
-from serverless.registry import Registry  # noqa: E402
-from serverless.settings import Settings  # noqa: E402
+from scaler.backends.process import ProcessBackend
+from scaler.loop import Scaler
+from serverless.gateway import GatewayOptions, start_gateway
+from serverless.gateway.server import RunningGateway
+from serverless.registry import Registry
+from serverless.settings import Settings
 
 HANDLER = Path(__file__).parent / "handlers" / "echo.py"
 KEY = "graphql-suite-admin-key"
