@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,26 @@ def scaled_gateway(redis_server: RedisProcess, root: Path) -> Iterator[ThreadedG
             yield gw
     finally:
         del os.environ["PODQ_BUNDLE_CACHE"]
+
+
+@contextmanager
+def file_server(files: dict[str, bytes]) -> Iterator[str]:
+    """An HTTP server answering `files` (path -> body; 404 for any other path): its base URL."""
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = files.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -8,11 +8,9 @@ One gateway, scaler and bundle serve the module; the batches are a few inputs ea
 from __future__ import annotations
 
 import json
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -23,7 +21,7 @@ from serverless.launch import LaunchClient
 from serverless.launch import batch as launch_batch
 from serverless.redis_server import RedisProcess
 from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
-from tests.launch.conftest import DEMO, scaled_gateway
+from tests.launch.conftest import DEMO, file_server, scaled_gateway
 
 BUNDLE = "batch-bundle"
 ENDPOINT = "launch-batch-batch-bundle"
@@ -134,22 +132,8 @@ def client(gateway: ThreadedGateway) -> Iterator[LaunchClient]:
 @pytest.fixture(scope="module")
 def files() -> Iterator[str]:
     """An HTTP server whose files the url inputs point at."""
-
-    class Files(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            body = {"/a.txt": b"alpha", "/b.txt": b"bee"}.get(self.path, b"")
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with file_server({"/a.txt": b"alpha", "/b.txt": b"bee"}) as url:
+        yield url
 
 
 def wait_ended(client: LaunchClient, batch_job_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -7,10 +7,8 @@ One gateway, scaler and set of endpoints serve the whole module (workers take se
 from __future__ import annotations
 
 import json
-import threading
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from serverless.launch import (
 )
 from serverless.redis_server import RedisProcess
 from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
-from tests.launch.conftest import DEMO, scaled_gateway
+from tests.launch.conftest import DEMO, file_server, scaled_gateway
 
 pytestmark = pytest.mark.timeout(120)
 ENV = {"framework_type": "pytorch", "pytorch_image_tag": "1.10.0-cuda11.3-cudnn8-runtime"}
@@ -79,22 +77,8 @@ def streaming_endpoint(client: LaunchClient) -> StreamingEndpoint:
 @pytest.fixture(scope="module")
 def files() -> Iterator[str]:
     """An HTTP server whose files a url request points at."""
-
-    class Files(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            body = b"hello launch" if self.path == "/input.txt" else b""
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with file_server({"/input.txt": b"hello launch"}) as url:
+        yield url
 
 
 def test_sync_predict_returns_the_result_as_json(sync_endpoint: SyncEndpoint) -> None:
