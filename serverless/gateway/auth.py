@@ -41,6 +41,7 @@ from serverless.gateway import state
 from serverless.gateway.error_responses import error_response
 from serverless.model import ApiKey, EndpointAccess
 from serverless.store import now_ms
+from serverless.ttl_cache import TtlCache
 
 ADMIN_KEY_ENV = "PODQ_API_KEY"
 
@@ -196,27 +197,6 @@ class _Access(msgspec.Struct):
 _access_decoder = msgspec.json.Decoder(_Access)
 
 
-class AccessCache:
-    """Endpoint -> (access, expiry ms), oldest first, at most `size` entries."""
-
-    def __init__(self, ttl_ms: int = ACCESS_TTL_MS, size: int = ACCESS_CACHE_SIZE) -> None:
-        self.ttl_ms, self.size = ttl_ms, size
-        self._entries: dict[str, tuple[EndpointAccess, int]] = {}
-
-    def get(self, endpoint: str, now_ms: int) -> EndpointAccess | None:
-        """The access kept for `endpoint`, or None when none is kept or it expired."""
-        entry = self._entries.get(endpoint)
-        if entry is None or entry[1] <= now_ms:
-            return None
-        return entry[0]
-
-    def put(self, endpoint: str, access: EndpointAccess, now_ms: int) -> None:
-        self._entries.pop(endpoint, None)  # re-added last, so the oldest stays first
-        while len(self._entries) >= self.size:
-            del self._entries[next(iter(self._entries))]
-        self._entries[endpoint] = (access, now_ms + self.ttl_ms)
-
-
 class Scope(msgspec.Struct, frozen=True):
     """What a valid key may reach: `endpoints` (empty: all), and whether it is a worker key."""
 
@@ -235,7 +215,7 @@ class KeyChecker:
         self._local = [hash_key(k) for k in (*local, *extra_keys) if k]
         self._admin = hash_key(admin_key) if admin_key else None
         self._redis = redis
-        self._access = AccessCache(access_ttl_ms)
+        self._access: TtlCache[EndpointAccess] = TtlCache(access_ttl_ms, ACCESS_CACHE_SIZE)
 
     async def access(self, endpoint: str, now_ms: int) -> EndpointAccess:
         """The endpoint's access (protected when it is not registered), kept ACCESS_TTL_MS."""

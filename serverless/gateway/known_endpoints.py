@@ -34,6 +34,7 @@ from serverless import keys, lifecycle
 from serverless.codec import beat_decoder
 from serverless.errors import NotFound
 from serverless.model import WorkerBeat, WorkerState
+from serverless.ttl_cache import TtlCache
 
 # how long a positive answer is kept, and for how many endpoints (per gateway process)
 KNOWN_TTL_MS = 5_000
@@ -95,27 +96,6 @@ def unknown_endpoint(endpoint: str) -> NotFound:
     return NotFound(UNKNOWN_ENDPOINT.format(endpoint=endpoint))
 
 
-class _PositiveCache:
-    """Endpoints known recently: endpoint -> expiry ms, oldest first, at most `size` entries."""
-
-    def __init__(self, ttl_ms: int, size: int) -> None:
-        self.ttl_ms, self.size = ttl_ms, size
-        self._expiry: dict[str, int] = {}
-
-    def hit(self, endpoint: str, now_ms: int) -> bool:
-        expiry = self._expiry.get(endpoint)
-        if expiry is not None and expiry <= now_ms:
-            del self._expiry[endpoint]
-            return False
-        return expiry is not None
-
-    def add(self, endpoint: str, now_ms: int) -> None:
-        self._expiry.pop(endpoint, None)  # re-added last, so the oldest stays first
-        while len(self._expiry) >= self.size:
-            del self._expiry[next(iter(self._expiry))]
-        self._expiry[endpoint] = now_ms + self.ttl_ms
-
-
 class KnownEndpoints:
     """Answers whether an endpoint is known, from Redis, caching positive answers briefly."""
 
@@ -124,7 +104,7 @@ class KnownEndpoints:
         ttl_ms: int = KNOWN_TTL_MS, size: int = KNOWN_CACHE_SIZE,
     ) -> None:
         self.redis, self.stale_after_ms = redis, stale_after_ms
-        self._cache = _PositiveCache(ttl_ms, size)
+        self._cache: TtlCache[bool] = TtlCache(ttl_ms, size)  # positive answers only
 
     async def sightings(self, endpoint: str) -> Sightings:
         """The registry entry, beats, queued and running counts of `endpoint`: one round trip."""
@@ -139,11 +119,11 @@ class KnownEndpoints:
 
     async def is_known(self, endpoint: str, now_ms: int) -> bool:
         """True when `endpoint` is known (see the module docstring); cached for a few seconds."""
-        if self._cache.hit(endpoint, now_ms):
+        if self._cache.get(endpoint, now_ms):
             return True
         if not is_known(await self.sightings(endpoint), now_ms, self.stale_after_ms):
             return False
-        self._cache.add(endpoint, now_ms)
+        self._cache.put(endpoint, True, now_ms)
         return True
 
     async def require(self, endpoint: str, now_ms: int) -> None:

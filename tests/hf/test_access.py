@@ -8,12 +8,13 @@ import pytest
 
 from serverless.gateway.app import ALL_ROUTES
 from serverless.gateway.auth import (
-    ACCESS_TTL_MS, OPEN_ON_PUBLIC, PRIVATE_UNSCOPED, WORKER_ROUTES, AccessCache, KeyChecker,
+    ACCESS_TTL_MS, OPEN_ON_PUBLIC, PRIVATE_UNSCOPED, WORKER_ROUTES, KeyChecker,
     add_key, needs_key, private_refusal,
 )
 from serverless.model import EndpointAccess, EndpointConfig, Template
 from serverless.registry import Registry
 from serverless.store import JobStore, now_ms
+from serverless.ttl_cache import TtlCache
 from tests.gateway.conftest import Gateway, GatewayFactory, StartWorkers
 
 PUBLIC, PROTECTED, PRIVATE = EndpointAccess.PUBLIC, EndpointAccess.PROTECTED, EndpointAccess.PRIVATE
@@ -53,7 +54,7 @@ def test_every_v2_client_route_but_purge_queue_is_open_on_a_public_endpoint() ->
 
 
 def test_the_access_cache_keeps_an_answer_for_its_ttl_and_is_bounded() -> None:
-    cache = AccessCache(ttl_ms=ACCESS_TTL_MS, size=2)
+    cache: TtlCache[EndpointAccess] = TtlCache(ttl_ms=ACCESS_TTL_MS, size=2)
     cache.put("a", PUBLIC, 0)
     assert cache.get("a", ACCESS_TTL_MS - 1) is PUBLIC and cache.get("a", ACCESS_TTL_MS) is None
     cache.put("b", PRIVATE, 0)
