@@ -320,6 +320,7 @@ async def _refusal(request: web.Request, access: EndpointAccess) -> web.Response
     if scope is None:
         return error_response(401, INVALID_KEY, _CHALLENGE)
     request[state.KEY_DIGEST] = digest  # the key's identity for per-key rate limits
+    request[state.KEY_SCOPE] = scope  # what it may reach (read by routes, no second lookup)
     # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
     if (refusal := _admin_refusal(request, checker, digest)) is not None:
         return refusal

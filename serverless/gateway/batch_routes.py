@@ -55,25 +55,26 @@ def _max_bytes(request: web.Request) -> int:
     return request.app[state.SETTINGS].batch_max_bytes  # PODQ_BATCH_MAX_BYTES (docs/batch.md)
 
 
-async def _check_reach(request: web.Request, endpoint: str) -> None:
+def _check_reach(request: web.Request, endpoint: str) -> None:
     """403 unless the request's key may reach `endpoint`."""
-    if not await _reaches(request, endpoint):
+    if not _reaches(request, endpoint):
         raise Forbidden(f"this key may not reach endpoint '{endpoint}'; use a key scoped to it, or the admin key")
 
 
-async def _reaches(request: web.Request, endpoint: str) -> bool:
-    checker, digest = request.app[state.KEYS], request[state.KEY_DIGEST]
-    if checker.is_admin(digest):
+def _reaches(request: web.Request, endpoint: str) -> bool:
+    """The admin key, an unscoped key, or a key scoped to `endpoint` (the auth middleware read
+    the key's scope: no lookup here)."""
+    if request.app[state.KEYS].is_admin(request[state.KEY_DIGEST]):
         return True
-    scope = await checker.scope(digest)
-    return scope is not None and (not scope.endpoints or endpoint in scope.endpoints)
+    scope = request[state.KEY_SCOPE]
+    return not scope.endpoints or endpoint in scope.endpoints
 
 
 async def _known(request: web.Request, endpoint: str) -> None:
     if not keys.valid_id(endpoint):
         raise NotFound(f"endpoint {endpoint!r} not found: ids are 1-128 letters, digits, '_', '.', ':' or '-'")
     await request.app[state.KNOWN].require(endpoint, now_ms())
-    await _check_reach(request, endpoint)
+    _check_reach(request, endpoint)
 
 
 async def _row(request: web.Request) -> Row:
@@ -81,7 +82,7 @@ async def _row(request: web.Request) -> Row:
     row = await _batches(request).read(batch_id)
     if row is None:
         raise NotFound(f"batch {batch_id!r} not found (unknown or deleted); GET /v1/batches lists them")
-    await _check_reach(request, row.meta.endpoint_id)
+    _check_reach(request, row.meta.endpoint_id)
     return row
 
 
@@ -164,7 +165,7 @@ async def list_batches(request: web.Request) -> web.Response:
     """GET /v1/batches: the newest batches this key may reach, newest first."""
     store = _batches(request)
     rows = await asyncio.gather(*(store.read(i) for i in await store.ids()))
-    reachable = [r for r in rows if r is not None and await _reaches(request, r.meta.endpoint_id)]
+    reachable = [r for r in rows if r is not None and _reaches(request, r.meta.endpoint_id)]
     return _reply(BatchList([_batch(request, r) for r in reachable]))
 
 

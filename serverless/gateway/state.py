@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from serverless.gateway.auth import KeyChecker
+    from serverless.gateway.auth import KeyChecker, Scope
     from serverless.gateway.chunk_fanout import ChunkFanout
     from serverless.gateway.known_endpoints import KnownEndpoints
     from serverless.gateway.limits import Limits, RateLimiter
@@ -47,3 +47,5 @@ CLOSING: web.AppKey[asyncio.Event] = web.AppKey("podq_closing")
 WORKER_REFUSAL_PAUSE_S: web.AppKey[float] = web.AppKey("podq_worker_refusal_pause_s")
 # per request: the sha256 digest of the request's API key (auth middleware; rate limits read it)
 KEY_DIGEST: web.RequestKey[str] = web.RequestKey("podq_key_digest", str)
+# per request: what that key may reach (auth middleware; routes that check reach read it)
+KEY_SCOPE: web.RequestKey[Scope] = web.RequestKey("podq_key_scope")

@@ -122,3 +122,22 @@ async def test_a_batch_from_a_url_the_gateway_fetches(gateway, known, workers) -
         assert gone.status == 400 and "answered HTTP 404" in gone.body["error"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_key_reaches_only_the_batches_of_its_endpoints(gateway, known) -> None:
+    batch = await upload(gateway, known, jsonl([1, 2]))
+    own = (await gateway.call("POST", "/v1/keys", json={"endpoints": [known]})).body["key"]
+    other = (await gateway.call("POST", "/v1/keys", json={"endpoints": ["elsewhere"]})).body["key"]
+    unscoped = (await gateway.call("POST", "/v1/keys", json={})).body["key"]
+    for key, reaches in ((own, True), (unscoped, True), (other, False)):
+        auth = {"Authorization": f"Bearer {key}"}
+        listed = await gateway.call("GET", "/v1/batches", headers=auth, auth=False)
+        assert listed.status == 200
+        assert (batch["id"] in [b["id"] for b in listed.body["batches"]]) is reaches
+        read = await gateway.call("GET", f"/v1/batches/{batch['id']}", headers=auth, auth=False)
+        assert read.status == (200 if reaches else 403)
+        made = await gateway.call("POST", f"/v1/batches?endpoint_id={known}", data=jsonl([3]),
+                                  headers={**auth, "Content-Type": "application/x-ndjson"}, auth=False)
+        assert made.status == (200 if reaches else 403)
+    assert read.body["error"] == (f"this key may not reach endpoint '{known}'; use a key scoped to it, "
+                                  "or the admin key")
