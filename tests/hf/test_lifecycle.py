@@ -109,6 +109,7 @@ def test_the_lifecycle_through_huggingface_hubs_names(live: ThreadedGateway) -> 
     endpoint.wait(timeout=5, refresh_every=FAST)  # ready: the first request wakes it
     assert time.monotonic() - started < 1
     assert endpoint.client.text_generation("wake up") == "wake up"
+    until_status(endpoint, "running")  # the scaler reports the woken worker on its next tick
 
     assert endpoint.update(repository="gpt2-large", revision="r2").status in ("updating", "running")
     endpoint.wait(timeout=30, refresh_every=FAST)
