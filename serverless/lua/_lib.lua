@@ -54,11 +54,101 @@ local function leave(ep, id, status, remote)
   end
 end
 
+-- The fields lease() reads, one HMGET: f[1] status .. f[11] error
+local function take_read(jobkey)
+  return redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms', 'attempt', 'tries',
+                    'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output', 'error')
+end
+
+-- Lease a queued job (f: take_read's reply) to `worker` until `deadline`: IN_PROGRESS, attempt
+-- + 1. Its first try (tries 0: submitted or retried, not requeued after a lost lease) counts its
+-- wait since submission in `delays` (the endpoint's delay histogram, written by the caller);
+-- the deadline/id pair goes into `leases` for the caller's one ZADD.
+-- remote: for a RunPod-protocol worker, {deadlines = {}, ids = {}} gathering its
+-- executionTimeout deadlines (remote_timeout ms when the job has none) and held ids; else nil.
+-- Returns the take reply item {id, attempt, input, execution_timeout_ms, webhook, s3_config}.
+local function lease(id, jobkey, f, now, deadline, worker, remote, remote_timeout, leases, delays)
+  if (f[5] or '0') == '0' and f[2] then
+    tally(delays, DELAY_MS, DELAY_LE, now - tonumber(f[2]))
+  end
+  local attempt = string.format('%d', tonumber(f[4] or '0') + 1)
+  local tries = string.format('%d', tonumber(f[5] or '0') + 1)
+  local started = string.format('%d', now)
+  if remote then
+    local stop_at = string.format('%d', now + tonumber(f[7] or remote_timeout))
+    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', started, 'worker_id', worker,
+               'attempt', attempt, 'tries', tries, 'remote', '1', 'deadline', stop_at)
+    remote.deadlines[#remote.deadlines + 1] = stop_at
+    remote.deadlines[#remote.deadlines + 1] = id
+    remote.ids[#remote.ids + 1] = id
+  else
+    redis.call('HSET', jobkey, 'status', 'IN_PROGRESS', 'started_at', started, 'worker_id', worker,
+               'attempt', attempt, 'tries', tries)
+  end
+  -- a queued job has neither (retry and requeue clear them): a guard that costs no call
+  if f[10] or f[11] then redis.call('HDEL', jobkey, 'output', 'error') end
+  leases[#leases + 1] = deadline
+  leases[#leases + 1] = id
+  return {id, attempt, f[6], f[7] or '', f[8] or '', f[9] or ''}
+end
+
+-- An idle worker's registration in the endpoint's idle list (take writes it).
+local function idle_entry(worker, lease_ms, slots)
+  return worker .. '|' .. lease_ms .. '|' .. slots
+end
+
+-- The key whose presence says the idle worker is alive: take sets it for IDLE_REGISTRATION_MS
+-- (an expiry by Redis's own clock, so worker and gateway clocks never matter).
+local function idle_alive(ep, worker)
+  return K_idle(ep) .. ':' .. worker
+end
+
+-- The longest-waiting idle worker that is still alive, taken off the idle list: worker, lease
+-- ms (strings), free slots (number); nil when none. Entries of workers that died while idle
+-- are dropped on the way.
+local function pop_waiter(ep)
+  for _ = 1, 16 do
+    local entry = redis.call('LPOP', K_idle(ep))
+    if not entry then return nil end
+    local worker, lease_ms, slots = string.match(entry, '^(.+)|(%d+)|(%d+)$')
+    if worker and redis.call('EXISTS', idle_alive(ep, worker)) == 1 then
+      return worker, lease_ms, tonumber(slots)
+    end
+  end
+  return nil
+end
+
+local function inbox_push(ep, worker, item)
+  local inbox = K_inbox(ep) .. ':' .. worker
+  redis.call('RPUSH', inbox, item)
+  redis.call('PEXPIRE', inbox, INBOX_TTL_MS)
+end
+
+-- Queued work: wake a worker. Idle podq workers wait on their own inbox (one of them gets a
+-- WAKE and takes); RunPod-protocol long-polls wait on the endpoint's bell.
 local function ring(ep)
   -- LPUSH answers the new length: trim only when the bell grew past its cap
   if redis.call('LPUSH', K_bell(ep), '1') > BELL_CAP then
     redis.call('LTRIM', K_bell(ep), 0, BELL_CAP - 1)
   end
+  local worker = pop_waiter(ep)
+  if worker then inbox_push(ep, worker, WAKE) end
+end
+
+-- Hand a new job (its record written) straight to an idle podq worker: leased to it and pushed
+-- onto its inbox, so the worker starts it without a take. The worker stays registered, at the
+-- back of the list, for the slots it has left. false when no idle worker waits (queue it).
+local function hand_off(ep, id, jobkey, now)
+  local worker, lease_ms, slots = pop_waiter(ep)
+  if not worker then return false end
+  local leases, delays = {}, {}
+  local item = lease(id, jobkey, take_read(jobkey), now,
+                     string.format('%d', now + tonumber(lease_ms)), worker, nil, nil, leases, delays)
+  redis.call('ZADD', K_leases(ep), leases[1], leases[2])
+  tally_write(K_hist_delay(ep), delays)
+  inbox_push(ep, worker, cmsgpack.pack(item))
+  if slots > 1 then redis.call('RPUSH', K_idle(ep), idle_entry(worker, lease_ms, slots - 1)) end
+  return true
 end
 
 -- The stats counter of each terminal status.
