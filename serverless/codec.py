@@ -67,15 +67,6 @@ def record_fields(record: JobRecord) -> list[Any]:
     return out
 
 
-_packed_item = msgspec.msgpack.Decoder(list[str])
-
-
-def taken_from_packed(endpoint: str, packed: bytes) -> TakenJob:
-    """A job handed to an idle worker (its inbox item: a take reply item packed by Redis's
-    cmsgpack, whose strings are msgpack str; a job's input is JSON, so always UTF-8)."""
-    return taken_from_reply(endpoint, [field.encode() for field in _packed_item.decode(packed)])
-
-
 def taken_from_reply(endpoint: str, reply: list[bytes]) -> TakenJob:
     job_id, attempt, payload, timeout, webhook, s3 = reply
     return TakenJob(

@@ -6,13 +6,6 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
               podq:ep:{ep}:leases      ZSET  running job ids, score = lease deadline ms
               podq:ep:{ep}:stats       HASH  completed / failed / cancelled / timed_out / retried
               podq:ep:{ep}:bell        LIST  doorbell: one entry per submit, BLPOP'ed by idle workers
-              podq:ep:{ep}:idle        LIST  idle podq workers waiting on their inbox, longest
-                                             waiting first: "worker|lease ms|free slots" (take
-                                             registers a worker)
-              podq:ep:{ep}:idle:{w}    STRING  idle worker w is alive: take sets it with an
-                                             expiry (Redis's clock, so no other clock matters)
-              podq:ep:{ep}:inbox:{w}   LIST  jobs handed to idle worker w by submit (packed like a
-                                             take's reply item), or "w": queued work, go take it
               podq:ep:{ep}:workers     HASH  worker id -> WorkerBeat
               podq:ep:{ep}:done        channel: job ids as they reach a terminal status
               podq:ep:{ep}:cancel      channel: running job ids that were cancelled
@@ -59,8 +52,6 @@ CANCEL = "podq:ep:{}:cancel"
 DEADLINES = "podq:ep:{}:deadlines"
 HELD = "podq:ep:{}:held"  # + ":" + worker id
 STOPS = "podq:ep:{}:stops"  # + ":" + worker id
-IDLE = "podq:ep:{}:idle"
-INBOX = "podq:ep:{}:inbox"  # + ":" + worker id
 LOGS = "podq:ep:{}:logs"
 # the console's recent jobs: job id -> submit score, the newest RECENT_CAP kept (submit function)
 RECENT = "podq:ep:{}:recent"
@@ -85,15 +76,6 @@ PURGED = "*purged*"
 LOW_PRIORITY_OFFSET = 10**13
 # Cap on doorbell entries: a bell is only a hint to wake, the queue itself is the truth.
 BELL_CAP = 64
-# An idle worker's registration counts this long after its take (an expiry, by Redis's clock);
-# the worker renews it every IDLE_REFRESH_MS while it waits, so only a dead worker's goes stale.
-IDLE_REGISTRATION_MS = 2000
-IDLE_REFRESH_MS = 1000
-# An inbox nobody reads (its worker died) goes away after this long; its jobs' leases run out
-# long before, and the reaper queues them again.
-INBOX_TTL_MS = 600_000
-# A handed job's place in an inbox that only tells the worker to take from the queue.
-WAKE = "w"
 
 # Endpoint and job ids, anchored for JSON Schema (ECMA `$` is the very end) and used with
 # fullmatch here (Python's `$` would also match before a trailing newline: "ep\n").
@@ -155,14 +137,6 @@ def stops(endpoint: str, worker_id: str) -> str:
     return f"{STOPS.format(endpoint)}:{worker_id}"
 
 
-def idle(endpoint: str) -> str:
-    return IDLE.format(endpoint)
-
-
-def inbox(endpoint: str, worker_id: str) -> str:
-    return f"{INBOX.format(endpoint)}:{worker_id}"
-
-
 def logs(endpoint: str) -> str:
     return LOGS.format(endpoint)
 
@@ -185,14 +159,10 @@ def lua_header() -> str:
         "job": JOB, "chunks": CHUNKS, "queue": QUEUE, "leases": LEASES, "stats": STATS,
         "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,
         "deadlines": DEADLINES, "held": HELD, "stops": STOPS, "recent": RECENT,
-        "idle": IDLE, "inbox": INBOX,
     }
     lines = [_lua_key_fn(n, t) for n, t in names.items()]
     lines.append(f"local BELL_CAP = {BELL_CAP}")
     lines.append(f"local RECENT_CAP = {RECENT_CAP}")
-    lines.append(f"local IDLE_REGISTRATION_MS = {IDLE_REGISTRATION_MS}")
-    lines.append(f"local INBOX_TTL_MS = '{INBOX_TTL_MS}'")
-    lines.append(f"local WAKE = '{WAKE}'")
     lines.append(f"local PURGED = '{PURGED}'")
     lines.append(f"local ENDPOINTS = '{ENDPOINTS}'")
     lines.append(f"local WEBHOOKS = '{WEBHOOKS}'")

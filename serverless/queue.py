@@ -258,16 +258,3 @@ def connect_sync(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> redis_sync.R
 async def wait_for_work(blocking: Redis, endpoint: str, timeout_s: float) -> bool:
     """Block until a submit rings the endpoint's doorbell (True) or `timeout_s` passes (False)."""
     return await blocking.blpop([keys.bell(endpoint)], timeout=timeout_s) is not None
-
-
-# Inbox items one wait returns at most (a burst handed to a worker with many free slots).
-INBOX_BATCH = 256
-
-
-async def wait_for_handoff(blocking: Redis, endpoint: str, worker_id: str, timeout_s: float) -> list[bytes]:
-    """Block until a submit hands this idle worker a job or wakes it (its inbox items: packed
-    jobs, or keys.WAKE), or `timeout_s` passes ([])."""
-    reply = await blocking.execute_command(
-        "BLMPOP", f"{max(timeout_s, 0.001):.3f}", 1, keys.inbox(endpoint, worker_id), "LEFT",
-        "COUNT", INBOX_BATCH)
-    return [] if reply is None else list(reply[1])

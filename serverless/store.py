@@ -21,9 +21,7 @@ from redis.asyncio import Redis
 
 from serverless import keys, lifecycle
 from serverless.autopipeline import pairs
-from serverless.codec import (
-    beat_decoder, encode_json, record_fields, record_from_hash, taken_from_packed, taken_from_reply,
-)
+from serverless.codec import beat_decoder, encode_json, record_fields, record_from_hash, taken_from_reply
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.functions import Library
 from serverless.lifecycle import Event
@@ -150,7 +148,7 @@ class JobStore:
         check that no job has it is skipped (one Redis command less per job)."""
         _check_id(record.id, "job")
         score = record.submitted_at + (keys.LOW_PRIORITY_OFFSET if record.low_priority else 0)
-        args = [record.endpoint, record.id, score, "1" if fresh else "", record.submitted_at,
+        args = [record.endpoint, record.id, score, "1" if fresh else "",
                 *record_fields(record), "score", score]
         if not await self._lib.call("submit", [keys.job(record.id)], args):
             raise Conflict(f"a job with id '{record.id}' already exists; use another id")
@@ -350,34 +348,6 @@ class JobStore:
             "take", [keys.queue(endpoint), keys.leases(endpoint)],
             [endpoint, now, now + self.settings.lease_ms, worker_id, TTL_ERROR, count],
         )
-        return [taken_from_reply(endpoint, item) for item in reply]
-
-    # ---- idle workers: submits hand them jobs (worker/runtime.py) -------------------------
-
-    async def take_or_wait(
-        self, endpoint: str, worker_id: str, count: int, registration: str, now: int | None = None
-    ) -> tuple[list[TakenJob], str]:
-        """take_many for a podq worker that, when it has slots left, waits on its inbox: the
-        jobs handed to it since its last take come first, and it is registered as idle for its
-        free slots (replacing `registration`, its current one or ''). Returns the jobs and its
-        new registration ('' when the take filled every slot)."""
-        now = now or now_ms()
-        lease_ms = self.settings.lease_ms
-        reply = await self._lib.call(
-            "take", [keys.queue(endpoint), keys.leases(endpoint)],
-            [endpoint, now, now + lease_ms, worker_id, TTL_ERROR, count, "", lease_ms, registration],
-        )
-        jobs = [taken_from_reply(endpoint, item) for item in reply[:-1]]
-        return jobs, reply[-1].decode()
-
-    async def wake(self, endpoint: str, worker_id: str) -> None:
-        """End an idle worker's inbox wait at once (it is stopping)."""
-        await self.redis.rpush(keys.inbox(endpoint, worker_id), keys.WAKE)
-
-    async def unwait(self, endpoint: str, worker_id: str) -> list[TakenJob]:
-        """A stopping worker's idle registration goes; returns the jobs handed to it that it
-        never started (leased to it: it requeues them)."""
-        reply = await self._lib.call("unwait", [], [endpoint, worker_id])
         return [taken_from_reply(endpoint, item) for item in reply]
 
     # ---- RunPod-protocol workers (the gateway's worker routes act for them) ---------------

@@ -1,15 +1,8 @@
 """Worker: take a job, run the handler under its timeout and cancel signal, report; drain on SIGTERM.
 
-The take loop never polls on a timer. With a free slot it takes from the queue (one Redis
-function call). A take that leaves slots free registers the worker as idle for them, and the
-worker blocks on its own inbox: a submit that finds an idle worker leases the job to it and
-pushes it there (serverless/lua/_lib.lua hand_off), so the job starts without a take, one
-Redis round trip sooner; work queued meanwhile (a retry, a requeue) pushes a wake-up instead,
-and the worker takes. The registration counts for IDLE_REGISTRATION_MS (a key's expiry, by
-Redis's clock) and the waiting worker renews it (a take) every IDLE_REFRESH_MS, so a worker that
-died while idle is handed jobs for at most ~2 s; those jobs run again when their lease runs out, as the jobs of a
-worker that died mid-run do. A stopping worker wakes itself, drops its registration and
-queues again what was handed to it and never started.
+The take loop never polls on a timer: with a free slot it takes from the queue (one Lua call),
+and when the queue is empty it blocks on the endpoint's doorbell, which every submit rings, so
+an idle worker starts a new job within a Redis round trip of its submission.
 """
 
 from __future__ import annotations
@@ -27,10 +20,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from serverless import keys, nvml, periodic
-from serverless.codec import encode_json, taken_from_packed
+from serverless import nvml, periodic
+from serverless.codec import encode_json
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
-from serverless.queue import wait_for_handoff
+from serverless.queue import wait_for_work
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
 from worker import handlers, heartbeat, results
@@ -82,9 +75,7 @@ class Worker:
         self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._registration = ""  # this worker's entry in the endpoint's idle list, if any
-        self._registered_at = 0.0  # time.monotonic() of the take that wrote it
-        self._tasks: set[asyncio.Task[None]] = set()  # the wake-up of request_stop
+        self._bell: asyncio.Future[bool] | None = None  # the doorbell wait in progress
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")
@@ -109,7 +100,6 @@ class Worker:
         log.info("worker %s serving endpoint %s", self.worker_id, self.endpoint)
         try:
             await self._take_loop()
-            await self._leave_idle()
             await self._drain()
         finally:
             for t in tasks:
@@ -124,10 +114,8 @@ class Worker:
         self.refresh_requested = self.refresh_requested or refresh
         self._stopping.set()
         self._slot_free.set()  # a take loop waiting for a free slot looks at _stopping again
-        if self._registration:  # a take loop waiting on the inbox looks at _stopping again
-            task = asyncio.ensure_future(self._wake_self())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._bell is not None:
+            self._bell.cancel()  # a take loop waiting on the doorbell looks at _stopping again
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,67 +145,40 @@ class Worker:
     # ---- taking -------------------------------------------------------------------------
 
     async def _take_loop(self) -> None:
-        refresh_s = keys.IDLE_REFRESH_MS / 1000
+        drained = False  # the last take emptied the queue: wait for the bell before the next
         while not self._stopping.is_set():
             self.concurrency = self.config.next_concurrency(self.concurrency)
-            waited = time.monotonic() - self._registered_at
-            if self._registration and waited < refresh_s:
-                await self._wait_for_handoff(refresh_s - waited)
-                continue
             if len(self.active) >= self.concurrency:
                 self._slot_free.clear()
                 await self._slot_free.wait()  # set by a finished job, or by request_stop
                 continue
+            if drained:
+                drained = False
+                await self._wait_for_work()
+                continue
             free = self.concurrency - len(self.active)
-            try:  # also renews the registration of a worker that waited refresh_s for nothing
-                taken, self._registration = await self.store.take_or_wait(
-                    self.endpoint, self.worker_id, free, self._registration)
+            try:
+                taken = await self.store.take_many(self.endpoint, self.worker_id, free)
             except (RedisError, OSError) as e:
                 log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
                 await asyncio.sleep(0.5)
                 continue
-            self._registered_at = time.monotonic()
+            # fewer than asked: the take found the queue empty and silenced the bell, so the
+            # next submit rings it (a take that skipped expired jobs and left some rings it);
+            # taking again at once would only find nothing (one Redis call per job, before)
+            drained = len(taken) < free
             for job in taken:
                 self._start(job)
 
-    async def _wait_for_handoff(self, timeout_s: float) -> None:
-        """Wait on the inbox until a submit hands this worker jobs or wakes it, or timeout_s."""
+    async def _wait_for_work(self) -> None:
+        """Block on the endpoint's doorbell, at most a second (then take anyway: a safety net
+        for a lost ring); request_stop cuts it short (a lost ring costs nothing: the bell is a
+        hint, the queue is the truth)."""
+        self._bell = asyncio.ensure_future(wait_for_work(self.blocking, self.endpoint, 1.0))
         try:
-            items = await wait_for_handoff(self.blocking, self.endpoint, self.worker_id, timeout_s)
-        except (RedisError, OSError) as e:
-            log.warning("waiting for a job failed: %s (retrying in 0.5 s)", e)
-            await asyncio.sleep(0.5)
-            self._registered_at = 0.0  # take again: it also picks up what was handed meanwhile
-            return
-        if not items:
-            return
-        handed = [item for item in items if item != keys.WAKE.encode()]
-        # each hand-off left the registration one slot less (submit re-adds it so); a wake-up
-        # (but our own, to stop: unwait removes the entry) or the last slot took it off the list
-        woken = len(handed) < len(items) and not self._stopping.is_set()
-        self._registration = "" if woken else _fewer_slots(self._registration, len(handed))
-        for item in handed:
-            self._start(taken_from_packed(self.endpoint, item))
-
-    async def _wake_self(self) -> None:
-        try:
-            await self.store.wake(self.endpoint, self.worker_id)
-        except (RedisError, OSError) as e:  # the wait ends by itself within IDLE_REFRESH_MS
-            log.warning("could not wake the inbox wait to stop: %s", e)
-
-    async def _leave_idle(self) -> None:
-        """Drop the idle registration; queue again the jobs handed to this worker meanwhile."""
-        try:
-            handed = await self.store.unwait(self.endpoint, self.worker_id)
-            self._registration = ""
-            for job in handed:
-                await self.store.requeue(job.id, job.attempt)
-        except (RedisError, OSError) as e:
-            log.warning("could not leave the idle list of %s: %s (jobs handed to this worker "
-                        "run again when their lease runs out)", self.endpoint, e)
-            return
-        if handed:
-            log.info("queued again %d job(s) handed to this worker as it stopped", len(handed))
+            await asyncio.wait((self._bell,))  # returns, not raises, when request_stop cancels it
+        finally:
+            self._bell = None
 
     def _start(self, taken: TakenJob) -> None:
         reporter = Reporter(self.store, taken.id, taken.attempt)
@@ -363,14 +324,6 @@ class Worker:
             await self.store.remove_worker(self.endpoint, self.worker_id)
         except (RedisError, OSError) as e:
             log.warning("could not remove worker %s from the registry: %s", self.worker_id, e)
-
-
-def _fewer_slots(registration: str, used: int) -> str:
-    """The idle registration "worker|lease|slots" after `used` hand-offs ('' when no
-    slot is left: the last hand-off took it off the list)."""
-    head, _, slots = registration.rpartition("|")
-    left = int(slots) - used
-    return f"{head}|{left}" if head and left > 0 else ""
 
 
 def job_dict(taken: TakenJob) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from serverless import keys
 from serverless.model import RunRequest, Status
 from tests.worker.conftest import HANDLERS, ROOT, wait_for_worker
 
@@ -186,50 +185,3 @@ async def test_worker_registers_initializing_while_its_handler_file_loads(store,
             break
         await asyncio.sleep(0.05)
     assert await state() == "idle"
-
-
-async def idle_entries(store, endpoint: str) -> list[str]:
-    return [e.decode().split("|")[0] for e in await store.redis.lrange(keys.idle(endpoint), 0, -1)]
-
-
-async def wait_idle(store, endpoint: str, worker_id: str, timeout: float = 15) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while worker_id not in await idle_entries(store, endpoint):
-        assert loop.time() < deadline, f"worker {worker_id} never waited idle"
-        await asyncio.sleep(0.02)
-
-
-async def test_an_idle_worker_is_handed_the_job_and_leaves_no_entry_when_stopped(
-    store, endpoint, spawn_worker
-) -> None:
-    proc = spawn_worker("sleepy.py", "idler")
-    await wait_idle(store, endpoint, "idler")
-    rec = await store.submit(endpoint, req({"seconds": 0}))
-    # handed over by the submit itself: running before any take could have answered
-    assert (await store.get(rec.id)).worker_id == "idler"
-    assert (await store.wait(rec.id, 10)).status is Status.COMPLETED
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(proc.wait, 10) == 0
-    assert await idle_entries(store, endpoint) == []
-    assert not await store.redis.exists(f"{keys.idle(endpoint)}:idler")
-    later = await store.submit(endpoint, req({"seconds": 0}))
-    assert (await store.get(later.id)).status is Status.IN_QUEUE  # not handed to a stopped worker
-
-
-async def test_a_job_handed_to_a_worker_killed_while_idle_runs_elsewhere(
-    store, endpoint, spawn_worker
-) -> None:
-    victim = spawn_worker("sleepy.py", "victim")
-    await wait_idle(store, endpoint, "victim")
-    spawn_worker("sleepy.py", "rescuer")
-    await wait_idle(store, endpoint, "rescuer")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    # the victim waited longest and its registration has not run out: the job goes to it
-    rec = await store.submit(endpoint, req({"seconds": 0}))
-    assert (await store.get(rec.id)).worker_id == "victim"
-    # its lease runs out (2 s here), the rescuer's reaper queues it again and the rescuer runs it
-    done = await store.wait(rec.id, 20)
-    assert done.status is Status.COMPLETED and done.attempt == 2
-    assert msgspec.json.decode(done.output)["worker"] == "rescuer"
