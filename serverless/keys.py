@@ -4,7 +4,9 @@ Per job:      podq:job:{id}            HASH  the JobRecord fields
               podq:chunks:{id}         STREAM  stream chunks, entry field `d`
 Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (+offset if lowPriority)
               podq:ep:{ep}:leases      ZSET  running job ids, score = lease deadline ms
-              podq:ep:{ep}:stats       HASH  completed / failed / cancelled / timed_out / retried
+              podq:ep:{ep}:stats       HASH  submitted (submit.lua; a /retry queues the job again and
+                                       counts too), completed / failed / cancelled / timed_out
+                                       (_lib.lua ended(), purge.lua), retried (reap.lua)
               podq:ep:{ep}:bell        LIST  doorbell: one entry per submit, BLPOP'ed by idle workers
               podq:ep:{ep}:workers     HASH  worker id -> WorkerBeat
               podq:ep:{ep}:done        channel: job ids as they reach a terminal status
@@ -18,9 +20,37 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
                                        worker, job, stream, level, line; MAXLEN ~ PODQ_LOG_STREAM_MAXLEN.
                                        Lines a worker had to drop are counted in the stats hash,
                                        field `log_lines_dropped` (LOG_LINES_DROPPED)
+              podq:ep:{ep}:recent      ZSET  the console's recent jobs: job id -> submit score, the
+                                       newest RECENT_CAP kept (submit.lua)
+              podq:ep:{ep}:hist:delay  HASH  delay histogram (take.lua, a job's first try only):
+                                       field = bucket `le` text (NOT cumulative), + sum_ms
+              podq:ep:{ep}:hist:exec   HASH  execution histogram of jobs that ended while running
+                                       (_lib.lua move()): `<status>:<le>`, `<status>:sum_ms`
+              podq:ep:{ep}:scaler      HASH  the scaler leader's counters `cold:<backend>:<outcome>`,
+                                       `decision:<action>`, and the gauge `desired` (ScalerTally)
+              podq:ep:{ep}:hist:cold   HASH  cold-start histogram: `<backend>:<le>`, `<backend>:sum_ms`
+                                       (metrics_store.py: the figures /metrics reports; its buckets are
+                                       fixed, in whole ms)
+Per batch:    podq:batch:{id}          HASH  `meta` (the Meta JSON, written once), the round's state
+                                       and cursor, `written`, counters per result status, `rate`
+              podq:batch:{id}:inflight SET   indices submitted as jobs, not yet collected
+              podq:batch:{id}:ready    HASH  index -> result line, finished but not yet in a results part
+              podq:batch:{id}:lease    STRING which gateway replica runs the batch (SET NX PX, renewed)
+Rate limits:  podq:rate:{kind}:{subject}:{route} STRING one rate limit bucket (gateway/limits.py;
+                                       its PTTL is the debt): kind ep | key, subject endpoint id | key
+                                       digest, then the route; `podq:` like every key, so the ACL of
+                                       docs/security.md covers it
+Console:      podq:console:history:{ep} LIST  JSON [minute_ms, queued, in_progress, workers, finished]
+                                       per minute (RPUSH + LTRIM to console/history.py's POINTS)
+              podq:console:history-claim:{minute_ms} STRING the replica that wrote that minute
+                                       (SET NX, EX 1 h)
+              podq:console:secret      STRING the HMAC secret console sessions are signed with (SET NX
+                                       by the first replica that needs it); deleting it signs every session
+                                       out at once
+              podq:console:signed-out:{nonce} STRING a signed-out session's nonce, until its token
+                                       would have expired
 Global:       podq:endpoints           SET   endpoint ids that ever got a job (for the reaper)
               podq:webhooks            LIST  ids of finished jobs with a webhook still to deliver
-              podq:apikeys             HASH  sha256(key) -> label
               podq:registry:endpoints  HASH  endpoint id -> EndpointConfig (JSON)
               podq:registry:templates  HASH  template id -> Template (JSON)
               podq:registry:status     HASH  endpoint id -> "status|reason" (the scaler writes it)
@@ -28,7 +58,12 @@ Global:       podq:endpoints           SET   endpoint ids that ever got a job (f
               podq:registry:webhooks   HASH  endpoint id -> its post-inference webhook URL (only
                                        endpoints that have one; the job-ending scripts read it)
               podq:scaler:leader       STRING the scaler replica holding the leader lease
+              podq:scaler:worker-key-secret STRING the secret each endpoint's RunPod-protocol worker
+                                       key is derived from (HMAC of the endpoint id;
+                                       scaler/worker_keys.py; SET NX)
               podq:apikeys             HASH  sha256(API key) hex -> label (keys never stored plain)
+              podq:batches             ZSET  every batch by creation time (GET /v1/batches)
+              podq:batches:active      SET   batches a runner must drive (RUNNING, CANCELLING)
 Per delivery: podq:webhook:{id}:{ms}   STRING  claim: the gateway replica that delivers a job's
                                        webhook for the terminal state reached at {ms}
 
@@ -69,6 +104,25 @@ REGISTRY_WEBHOOKS = "podq:registry:webhooks"
 SCALER_LEADER = "podq:scaler:leader"
 WEBHOOKS = "podq:webhooks"
 DONE_PATTERN = DONE.format("*")
+# Cluster metrics (serverless/metrics_store.py): histograms and the scaler leader's counters.
+HIST_DELAY = "podq:ep:{}:hist:delay"
+HIST_EXEC = "podq:ep:{}:hist:exec"
+HIST_COLD = "podq:ep:{}:hist:cold"
+SCALER = "podq:ep:{}:scaler"
+# Batches (serverless/batches/store.py): one hash per batch, and its parts.
+BATCH = "podq:batch:{}"
+BATCH_INFLIGHT = "podq:batch:{}:inflight"
+BATCH_READY = "podq:batch:{}:ready"
+BATCH_LEASE = "podq:batch:{}:lease"
+BATCHES = "podq:batches"
+BATCHES_ACTIVE = "podq:batches:active"
+# One rate limit bucket (serverless/gateway/limits.py): kind (ep | key), subject, route.
+RATE_BUCKET = "podq:rate:{}:{}:{}"
+# The console (serverless/console/): per-minute history, its claims, and sessions.
+CONSOLE_HISTORY = "podq:console:history:{}"
+CONSOLE_HISTORY_CLAIM = "podq:console:history-claim:{}"
+CONSOLE_SECRET = "podq:console:secret"
+CONSOLE_SIGNED_OUT = "podq:console:signed-out:{}"
 # Published on an endpoint's done channel when purge-queue ended many jobs at once.
 PURGED = "*purged*"
 
@@ -141,12 +195,63 @@ def logs(endpoint: str) -> str:
     return LOGS.format(endpoint)
 
 
+def hist_delay(endpoint: str) -> str:
+    return HIST_DELAY.format(endpoint)
+
+
+def hist_exec(endpoint: str) -> str:
+    return HIST_EXEC.format(endpoint)
+
+
+def hist_cold(endpoint: str) -> str:
+    return HIST_COLD.format(endpoint)
+
+
+def scaler(endpoint: str) -> str:
+    return SCALER.format(endpoint)
+
+
+def batch(batch_id: str) -> str:
+    return BATCH.format(batch_id)
+
+
+def batch_inflight(batch_id: str) -> str:
+    return BATCH_INFLIGHT.format(batch_id)
+
+
+def batch_ready(batch_id: str) -> str:
+    return BATCH_READY.format(batch_id)
+
+
+def batch_lease(batch_id: str) -> str:
+    return BATCH_LEASE.format(batch_id)
+
+
+def rate_bucket(kind: str, subject: str, route: str) -> str:
+    """A rate limit bucket: kind `ep` (subject: endpoint id) or `key` (subject: key digest)."""
+    return RATE_BUCKET.format(kind, subject, route)
+
+
+def console_history(endpoint: str) -> str:
+    return CONSOLE_HISTORY.format(endpoint)
+
+
+def console_history_claim(minute_ms: int) -> str:
+    return CONSOLE_HISTORY_CLAIM.format(minute_ms)
+
+
+def console_signed_out(nonce: str) -> str:
+    return CONSOLE_SIGNED_OUT.format(nonce)
+
+
 def endpoint_of_channel(channel: str) -> str:
     head, tail = DONE.split("{}")
     return channel[len(head) : len(channel) - len(tail)]
 
 
-def _lua_key_fn(name: str, template: str) -> str:
+def lua_key_fn(name: str, template: str) -> str:
+    """The Lua function K_<name>(x) that spells `template` (one `{}`) for x, so a Redis
+    function never types a key by hand (also used by metrics_store.lua_header)."""
     head, tail = template.split("{}")
     return f"local function K_{name}(x) return '{head}' .. x .. '{tail}' end"
 
@@ -160,7 +265,7 @@ def lua_header() -> str:
         "bell": BELL, "workers": WORKERS, "done": DONE, "cancel": CANCEL,
         "deadlines": DEADLINES, "held": HELD, "stops": STOPS, "recent": RECENT,
     }
-    lines = [_lua_key_fn(n, t) for n, t in names.items()]
+    lines = [lua_key_fn(n, t) for n, t in names.items()]
     lines.append(f"local BELL_CAP = {BELL_CAP}")
     lines.append(f"local RECENT_CAP = {RECENT_CAP}")
     lines.append(f"local PURGED = '{PURGED}'")

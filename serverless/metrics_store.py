@@ -2,18 +2,10 @@
 
 A gateway only sees the jobs someone waits on (workers write results straight to Redis), so
 job counts and timings cannot be per-process counters: they are counted in Redis, by the
-function that makes the move, in the same call (no extra round trip):
-
-    podq:ep:{ep}:stats        HASH  submitted (submit.lua; a /retry queues the job again and
-                                    counts too), completed / failed / cancelled / timed_out
-                                    (_lib.lua ended(), purge.lua), retried (reap.lua)
-    podq:ep:{ep}:hist:delay   HASH  delay histogram (take.lua, a job's first try only):
-                                    field = bucket `le` text (NOT cumulative), + sum_ms
-    podq:ep:{ep}:hist:exec    HASH  execution histogram of jobs that ended while running
-                                    (_lib.lua move()): `<status>:<le>`, `<status>:sum_ms`
-    podq:ep:{ep}:scaler       HASH  the scaler leader's counters `cold:<backend>:<outcome>`,
-                                    `decision:<action>`, and the gauge `desired`
-    podq:ep:{ep}:hist:cold    HASH  cold-start histogram: `<backend>:<le>`, `<backend>:sum_ms`
+function that makes the move, in the same call (no extra round trip): per endpoint, the stats
+hash (keys.STATS), the delay and execution histograms (keys.HIST_DELAY, keys.HIST_EXEC), the
+scaler leader's counters (keys.SCALER) and its cold-start histogram (keys.HIST_COLD). keys.py's
+docstring lists each hash's fields and the script that writes them.
 
 The scaler's figures are written by `ScalerTally`, one pipeline per tick. Buckets are fixed
 (two layouts cannot be merged into one percentile: bull-board's metrics package argues the
@@ -22,8 +14,8 @@ restarts them at 0, which Prometheus' rate() reads as a counter reset.
 
 `read_cluster` is what a scrape costs: one round trip for the endpoint list, then one pipeline
 for every endpoint's figures (queue depth and age, leases, the hashes above, heartbeats).
-These key names are spelled here, next to their readers, and given to the Lua library by
-`lua_header()` (serverless/functions.py), as keys.py does for the job store's keys.
+The key names are spelled in keys.py; `lua_header()` gives the Lua library
+(serverless/functions.py) the histogram keys' K_* functions built from them, and the buckets.
 """
 
 from __future__ import annotations
@@ -38,11 +30,6 @@ from redis.asyncio import Redis
 from serverless import keys, lifecycle
 from serverless.codec import beat_decoder
 from serverless.model import WorkerCounts
-
-HIST_DELAY = "podq:ep:{}:hist:delay"
-HIST_EXEC = "podq:ep:{}:hist:exec"
-HIST_COLD = "podq:ep:{}:hist:cold"
-SCALER = "podq:ep:{}:scaler"
 
 # Bucket upper bounds in ms (fixed; shared/reference/observability.md section 2): warm pickup
 # is ~1 ms, cold starts 10 s to minutes, backlogs can last an hour.
@@ -95,16 +82,12 @@ def stop_action(reason: str) -> str:
 def lua_header() -> str:
     """Key functions K_hist_delay(ep), K_hist_exec(ep) and the bucket tables (bounds in ms and
     their `le` texts) for the Lua function library."""
-    lines = [_lua_key("hist_delay", HIST_DELAY), _lua_key("hist_exec", HIST_EXEC)]
+    lines = [keys.lua_key_fn("hist_delay", keys.HIST_DELAY),
+             keys.lua_key_fn("hist_exec", keys.HIST_EXEC)]
     for name, bounds in (("DELAY", DELAY_MS), ("EXEC", EXEC_MS)):
         lines.append(f"local {name}_MS = {{{', '.join(repr(b) for b in bounds)}}}")
         lines.append(f"local {name}_LE = {{{', '.join(repr(le_text(b)) for b in bounds)}}}")
     return "\n".join(lines) + "\n"
-
-
-def _lua_key(name: str, template: str) -> str:
-    head, tail = template.split("{}")
-    return f"local function K_{name}(x) return '{head}' .. x .. '{tail}' end"
 
 
 # ---- the scaler's side ------------------------------------------------------------------
@@ -122,19 +105,19 @@ class ScalerTally:
     def cold_start(self, endpoint: str, backend: str, outcome: str, took_ms: int | None) -> None:
         """A worker's start ended: `ready` (with the ms from start to ready), `failed` (it
         left before it was ready) or `timeout` (it left after its boot timeout)."""
-        self._add[(SCALER.format(endpoint), f"cold:{backend}:{outcome}")] += 1
+        self._add[(keys.scaler(endpoint), f"cold:{backend}:{outcome}")] += 1
         if took_ms is not None:
-            hist = HIST_COLD.format(endpoint)
+            hist = keys.hist_cold(endpoint)
             self._add[(hist, f"{backend}:{bucket(COLD_MS, took_ms)}")] += 1
             self._add[(hist, f"{backend}:{SUM}")] += max(0, took_ms)
 
     def decision(self, endpoint: str, action: str) -> None:
         """One worker started (`scale_up`) or stopped (stop_action of its reason)."""
-        self._add[(SCALER.format(endpoint), f"decision:{action}")] += 1
+        self._add[(keys.scaler(endpoint), f"decision:{action}")] += 1
 
     def desired(self, endpoint: str, workers: int) -> None:
         """The policy's target for the endpoint this tick."""
-        self._set[(SCALER.format(endpoint), "desired")] = workers
+        self._set[(keys.scaler(endpoint), "desired")] = workers
 
     async def flush(self, redis: Redis) -> None:
         """Write what was tallied since the last flush (one round trip; none when empty)."""
@@ -218,8 +201,8 @@ def _queue_reads(pipe: Any, endpoint: str) -> None:
     pipe.zrangebyscore(queue, "-inf", f"({low}", start=0, num=1, withscores=True)
     pipe.zrangebyscore(queue, low, "+inf", start=0, num=1, withscores=True)
     pipe.zcard(keys.leases(endpoint))
-    for key in (keys.stats(endpoint), HIST_DELAY.format(endpoint), HIST_EXEC.format(endpoint),
-                SCALER.format(endpoint), HIST_COLD.format(endpoint)):
+    for key in (keys.stats(endpoint), keys.hist_delay(endpoint), keys.hist_exec(endpoint),
+                keys.scaler(endpoint), keys.hist_cold(endpoint)):
         pipe.hgetall(key)
     pipe.hvals(keys.workers(endpoint))
 

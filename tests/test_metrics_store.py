@@ -9,9 +9,9 @@ import pytest
 
 from scaler.backends.base import WorkerHandle
 from scaler.reconcile import Stop, Timing, reconcile
+from serverless.keys import HIST_DELAY, HIST_EXEC
 from serverless.metrics_store import (
-    DELAY_MS, EXEC_MS, HIST_DELAY, HIST_EXEC, EndpointFigures, ScalerTally, bucket, histogram,
-    read_cluster, stop_action,
+    DELAY_MS, EXEC_MS, EndpointFigures, ScalerTally, bucket, histogram, read_cluster, stop_action,
 )
 from serverless.model import EndpointConfig, Policy, RunRequest, Status, WorkerBeat, WorkerState
 from serverless.store import JobStore, now_ms

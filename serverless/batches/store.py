@@ -1,12 +1,7 @@
-"""BatchStore: batches in Redis. Every key a batch uses is spelled here.
-
-    podq:batch:{id}            hash: `meta` (the Meta JSON, written once), the round's state and
-                               cursor, `written`, counters per result status, `rate`
-    podq:batch:{id}:inflight   set: indices submitted as jobs, not yet collected
-    podq:batch:{id}:ready      hash: index -> result line, finished but not yet in a results part
-    podq:batch:{id}:lease      which gateway replica runs the batch (SET NX PX, renewed)
-    podq:batches               zset: every batch by creation time (GET /v1/batches)
-    podq:batches:active        set: batches a runner must drive (RUNNING, CANCELLING)
+"""BatchStore: batches in Redis. The keys a batch uses are spelled in serverless/keys.py (its
+docstring says what each holds): the batch's hash keys.batch(id) and its parts
+keys.batch_inflight(id), keys.batch_ready(id) and keys.batch_lease(id), and the batch lists
+keys.BATCHES (every batch) and keys.BATCHES_ACTIVE (the ones a runner must drive).
 
 Redis holds, per batch, at most max_in_flight jobs and in-flight entries and at most
 plan.window() ready lines: never the file. Each runner step is one MULTI/EXEC, so a crash
@@ -31,14 +26,7 @@ from serverless.batches import plan
 from serverless.lease import Leases
 from serverless.batches.model import ACTIVE_STATES, RESULT_STATUSES, Batch, BatchState, Cursor
 
-PREFIX = "podq:batch:"
-ALL = "podq:batches"
-ACTIVE = "podq:batches:active"
 LIST_MAX = 1000
-
-
-def _key(batch_id: str, part: str = "") -> str:
-    return f"{PREFIX}{batch_id}" + (f":{part}" if part else "")
 
 
 class Meta(msgspec.Struct, kw_only=True):
@@ -120,36 +108,36 @@ class BatchStore:
 
     async def create(self, meta: Meta, now: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(meta.id), mapping={
+            pipe.hset(keys.batch(meta.id), mapping={
                 "meta": msgspec.json.encode(meta), "state": BatchState.RUNNING.value, "round": 0,
                 **_cursor_fields(meta.start), "written": 0, "started_at": now,
             })
-            pipe.zadd(ALL, {meta.id: meta.created_at})
-            pipe.sadd(ACTIVE, meta.id)
+            pipe.zadd(keys.BATCHES, {meta.id: meta.created_at})
+            pipe.sadd(keys.BATCHES_ACTIVE, meta.id)
             await pipe.execute()
 
     async def read(self, batch_id: str) -> Row | None:
         if not keys.valid_id(batch_id):
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(_key(batch_id))
-            pipe.scard(_key(batch_id, "inflight"))
+            pipe.hgetall(keys.batch(batch_id))
+            pipe.scard(keys.batch_inflight(batch_id))
             fields, in_flight = await pipe.execute()
         return _row(fields, in_flight) if fields and b"meta" in fields else None
 
     async def ids(self) -> list[str]:
         """The newest LIST_MAX batches, newest first."""
-        return [x.decode() for x in await self.redis.zrevrange(ALL, 0, LIST_MAX - 1)]
+        return [x.decode() for x in await self.redis.zrevrange(keys.BATCHES, 0, LIST_MAX - 1)]
 
     async def active(self) -> list[str]:
-        return sorted(x.decode() for x in await self.redis.smembers(ACTIVE))
+        return sorted(x.decode() for x in await self.redis.smembers(keys.BATCHES_ACTIVE))
 
     async def delete(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            for part in ("", "inflight", "ready", "lease"):
-                pipe.delete(_key(batch_id, part))
-            pipe.zrem(ALL, batch_id)
-            pipe.srem(ACTIVE, batch_id)
+            pipe.delete(keys.batch(batch_id), keys.batch_inflight(batch_id),
+                        keys.batch_ready(batch_id), keys.batch_lease(batch_id))
+            pipe.zrem(keys.BATCHES, batch_id)
+            pipe.srem(keys.BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 
     # ---- state moves (compare-and-set) -------------------------------------------------
@@ -159,7 +147,7 @@ class BatchStore:
         """Set the state to `to` (and `fields`) if it is one of `sources`; False otherwise."""
         flat = [str(x) for kv in (fields or {}).items() for x in kv]
         args = [to.value, msgspec.json.encode(flat), *(s.value for s in sources)]
-        return bool(await self._cas(keys=[_key(batch_id), ACTIVE, batch_id], args=args))
+        return bool(await self._cas(keys=[keys.batch(batch_id), keys.BATCHES_ACTIVE, batch_id], args=args))
 
     async def new_round(self, row: Row, now: int) -> bool:
         """A retry round: the failed inputs run again, the others are carried over."""
@@ -167,7 +155,7 @@ class BatchStore:
                   "written": 0, "FAILED": 0, "TIMED_OUT": 0, "rate": 0, "started_at": now}
         moved = await self.move(row.meta.id, BatchState.RUNNING, [BatchState.COMPLETED], fields)
         if moved:
-            await self.redis.hdel(_key(row.meta.id), "finished_at")
+            await self.redis.hdel(keys.batch(row.meta.id), "finished_at")
         return moved
 
     # ---- runner steps (one MULTI each, fenced by the runner's lease) ----------------------
@@ -177,7 +165,7 @@ class BatchStore:
         """A MULTI that runs only while `owner` holds the batch's lease: the lease key is
         WATCHed and read first, so a runner that lost its lease (paused past its TTL while
         another gateway took over) raises LeaseLost instead of writing a step."""
-        lease = _key(batch_id, "lease")
+        lease = keys.batch_lease(batch_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(lease)
             if await pipe.get(lease) != owner.encode():
@@ -195,9 +183,10 @@ class BatchStore:
         """Inputs read: the cursor moves past them, submitted ones are in flight, the others
         (unreadable, or carried over from the last round) are ready results."""
         async with self._fenced(batch_id, owner) as pipe:
-            pipe.hset(_key(batch_id), mapping={**_cursor_fields(cursor), "exhausted": int(exhausted)})
+            pipe.hset(keys.batch(batch_id),
+                      mapping={**_cursor_fields(cursor), "exhausted": int(exhausted)})
             if submitted := list(submitted):
-                pipe.sadd(_key(batch_id, "inflight"), *submitted)
+                pipe.sadd(keys.batch_inflight(batch_id), *submitted)
             self._add_ready(pipe, batch_id, ready, counted)
 
     async def collect(self, batch_id: str, owner: str, ready: Mapping[int, bytes],
@@ -207,7 +196,7 @@ class BatchStore:
         job_ids = list(job_ids)
         async with self._fenced(batch_id, owner) as pipe:
             if ready:
-                pipe.srem(_key(batch_id, "inflight"), *ready)
+                pipe.srem(keys.batch_inflight(batch_id), *ready)
             self._add_ready(pipe, batch_id, ready, counted)
             if job_ids:
                 pipe.delete(*(keys.job(j) for j in job_ids), *(keys.chunks(j) for j in job_ids))
@@ -215,41 +204,41 @@ class BatchStore:
     @staticmethod
     def _add_ready(pipe, batch_id: str, ready: Mapping[int, bytes], counted: Mapping[str, int]) -> None:  # type: ignore[no-untyped-def]
         if ready:
-            pipe.hset(_key(batch_id, "ready"), mapping=dict(ready))
+            pipe.hset(keys.batch_ready(batch_id), mapping=dict(ready))
         for status, n in counted.items():
             if n:
-                pipe.hincrby(_key(batch_id), status, n)
+                pipe.hincrby(keys.batch(batch_id), status, n)
 
     async def in_flight(self, batch_id: str) -> set[int]:
-        return {int(x) for x in await self.redis.smembers(_key(batch_id, "inflight"))}
+        return {int(x) for x in await self.redis.smembers(keys.batch_inflight(batch_id))}
 
     async def ready(self, batch_id: str) -> set[int]:
-        return {int(x) for x in await self.redis.hkeys(_key(batch_id, "ready"))}
+        return {int(x) for x in await self.redis.hkeys(keys.batch_ready(batch_id))}
 
     async def lines(self, batch_id: str, start: int, n: int) -> list[bytes]:
-        raw = await self.redis.hmget(_key(batch_id, "ready"), list(range(start, start + n)))
+        raw = await self.redis.hmget(keys.batch_ready(batch_id), list(range(start, start + n)))
         assert all(x is not None for x in raw), "a ready run has a gap"
         return raw
 
     async def written(self, batch_id: str, owner: str, start: int, n: int) -> None:
         """A results part [start, start + n) is stored: its lines leave Redis."""
         async with self._fenced(batch_id, owner) as pipe:
-            pipe.hdel(_key(batch_id, "ready"), *range(start, start + n))
-            pipe.hset(_key(batch_id), "written", start + n)
+            pipe.hdel(keys.batch_ready(batch_id), *range(start, start + n))
+            pipe.hset(keys.batch(batch_id), "written", start + n)
 
     async def set_rate(self, batch_id: str, rate: float) -> None:
-        await self.redis.hset(_key(batch_id), "rate", f"{rate:.3f}")
+        await self.redis.hset(keys.batch(batch_id), "rate", f"{rate:.3f}")
 
     # ---- the runner's lease ------------------------------------------------------------
 
     async def take_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
-        return await self._leases.take(_key(batch_id, "lease"), owner, ttl_ms)
+        return await self._leases.take(keys.batch_lease(batch_id), owner, ttl_ms)
 
     async def renew_lease(self, batch_id: str, owner: str, ttl_ms: int) -> bool:
-        return await self._leases.renew(_key(batch_id, "lease"), owner, ttl_ms)
+        return await self._leases.renew(keys.batch_lease(batch_id), owner, ttl_ms)
 
     async def release_lease(self, batch_id: str, owner: str) -> None:
-        await self._leases.release(_key(batch_id, "lease"), owner)
+        await self._leases.release(keys.batch_lease(batch_id), owner)
 
 
 def to_batch(row: Row, results_url: str) -> Batch:

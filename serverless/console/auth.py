@@ -2,11 +2,12 @@
 
 EventSource cannot send an `Authorization` header, so the console authenticates by cookie. The
 cookie never holds the key: it holds a token `<nonce>.<expires_s>.<signature>`, the signature an
-HMAC-SHA256 of the nonce and expiry under a secret kept in Redis (`SECRET`, made with SET NX by
-the first replica that needs it), so a session signed by one gateway replica is valid on all of
-them and changes nothing when the admin key is rotated except who can sign in next. Deleting
-`SECRET` signs every session out at once. Sign-out marks the nonce signed-out in Redis until
-the token would have expired, so a copied cookie stops working too.
+HMAC-SHA256 of the nonce and expiry under a secret kept in Redis (keys.CONSOLE_SECRET, made
+with SET NX by the first replica that needs it), so a session signed by one gateway replica is
+valid on all of them and changes nothing when the admin key is rotated except who can sign in
+next. Deleting keys.CONSOLE_SECRET signs every session out at once. Sign-out marks the nonce
+signed-out in Redis (keys.console_signed_out) until the token would have expired, so a copied
+cookie stops working too.
 
 The cookie is HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it)
 and Secure when the console is served over https. A wrong key is refused like any other (the
@@ -24,13 +25,12 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
+from serverless import keys
 from serverless.gateway import state
 from serverless.gateway.auth import hash_key
 
 COOKIE = "podq_console"
 SESSION_S = 12 * 3600
-SECRET = "podq:console:secret"
-SIGNED_OUT = "podq:console:signed-out:{}"
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -72,9 +72,9 @@ def read_token(secret: bytes, token: str | None, now_s: float) -> Session | None
 
 async def shared_secret(redis: Redis) -> bytes:
     """The signing secret every replica shares; made by the first that needs it."""
-    await redis.set(SECRET, secrets.token_hex(32), nx=True)
-    value = await redis.get(SECRET)
-    assert value is not None, f"{SECRET} vanished between SET NX and GET"
+    await redis.set(keys.CONSOLE_SECRET, secrets.token_hex(32), nx=True)
+    value = await redis.get(keys.CONSOLE_SECRET)
+    assert value is not None, f"{keys.CONSOLE_SECRET} vanished between SET NX and GET"
     return bytes(value)
 
 
@@ -85,7 +85,7 @@ async def session_of(request: web.Request) -> Session | None:
         return None
     redis = request.app[state.STORE].redis
     session = read_token(await shared_secret(redis), token, time.time())
-    if session is None or await redis.exists(SIGNED_OUT.format(session.nonce)):
+    if session is None or await redis.exists(keys.console_signed_out(session.nonce)):
         return None
     return session
 
@@ -107,5 +107,5 @@ async def sign_in(request: web.Request, response: web.StreamResponse) -> None:
 async def sign_out(request: web.Request, session: Session, response: web.StreamResponse) -> None:
     """End `session` on every replica, and clear its cookie."""
     left = max(1, session.expires_s - int(time.time()))
-    await request.app[state.STORE].redis.set(SIGNED_OUT.format(session.nonce), b"1", ex=left)
+    await request.app[state.STORE].redis.set(keys.console_signed_out(session.nonce), b"1", ex=left)
     response.del_cookie(COOKIE, path="/console")

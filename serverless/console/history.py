@@ -3,11 +3,8 @@
 Every gateway replica runs the sampler (a periodic task, serverless/periodic.py), but each
 minute is written once: the replica whose `SET NX` on that minute's claim key succeeds reads
 the cluster figures (metrics_store.read_cluster, the same read /metrics makes) and appends one
-point per endpoint to a capped list:
-
-    podq:console:history:{ep}     LIST  JSON [minute_ms, queued, in_progress, workers,
-                                               finished]   (RPUSH + LTRIM to POINTS)
-    podq:console:history-claim:{minute_ms}   STRING  the replica that wrote that minute (EX 1 h)
+point per endpoint to a capped list, keys.console_history(ep) (RPUSH + LTRIM to POINTS); the
+claim is keys.console_history_claim(minute_ms) (EX 1 h). keys.py's docstring has both keys.
 
 Why here and not in the scaler: the scaler leader's loop (scaler/loop.py) belongs to the
 metrics work; a gateway is always running where the console is, and the claim keeps replicas
@@ -26,13 +23,11 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
-from serverless import periodic
+from serverless import keys, periodic
 from serverless.gateway import state
 from serverless.metrics_store import FINISHED, EndpointFigures, read_cluster
 from serverless.store import now_ms
 
-HISTORY = "podq:console:history:{}"
-CLAIM = "podq:console:history-claim:{}"
 POINTS = 1440  # 24 h of minutes
 MINUTE_MS = 60_000
 CLAIM_S = 3600
@@ -66,12 +61,12 @@ def point(figures: EndpointFigures, minute_ms: int) -> Point:
 async def sample(redis: Redis, now: int, stale_after_ms: int, points: int = POINTS) -> bool:
     """Write this minute's points unless another replica did; True when this call wrote them."""
     minute = minute_of(now)
-    if not await redis.set(CLAIM.format(minute), socket.gethostname(), nx=True, ex=CLAIM_S):
+    if not await redis.set(keys.console_history_claim(minute), socket.gethostname(), nx=True, ex=CLAIM_S):
         return False
     figures = await read_cluster(redis, now, stale_after_ms)
     async with redis.pipeline(transaction=False) as pipe:
         for f in figures:
-            key = HISTORY.format(f.endpoint)
+            key = keys.console_history(f.endpoint)
             pipe.rpush(key, msgspec.json.encode(point(f, minute)))
             pipe.ltrim(key, -points, -1)
         await pipe.execute()
@@ -80,7 +75,7 @@ async def sample(redis: Redis, now: int, stale_after_ms: int, points: int = POIN
 
 async def read(redis: Redis, endpoint: str, since_ms: int = 0) -> list[Point]:
     """The endpoint's points at or after `since_ms`, oldest first."""
-    raw = await redis.lrange(HISTORY.format(endpoint), 0, -1)
+    raw = await redis.lrange(keys.console_history(endpoint), 0, -1)
     return [p for p in map(_points.decode, raw) if p.minute_ms >= since_ms]
 
 

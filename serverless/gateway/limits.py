@@ -22,6 +22,7 @@ trip (an unlimited one none, past the config cache below). The script reads no c
 PTTL *is* the debt (Redis's own clock; the value keeps the sub-millisecond part), and replicas'
 clocks never matter. All of a request's buckets are checked before any is charged, so a request
 refused by one bucket spends nothing from the others. Exact up to 1 ms of Redis's clock.
+A bucket's key is keys.rate_bucket(kind, subject, route), spelled in keys.py like every key.
 
 An endpoint's setting is read from the registry at most once per `Limits.config_ttl_s` (5 s) per
 gateway process, for at most CONFIG_CACHE_SIZE endpoints: a change to `rate_limits` applies on
@@ -60,9 +61,6 @@ KEY_RATES_ENV = "PODQ_KEY_RATE_LIMITS"
 # many endpoints (the oldest entry goes first)
 CONFIG_TTL_S = 5.0
 CONFIG_CACHE_SIZE = 4_096
-# one Redis key per bucket; `podq:` like every key podq writes (keys.py), so the ACL of
-# docs/security.md covers it: kind (ep | key), subject (endpoint id | key digest), route
-BUCKET_KEY = "podq:rate:{}:{}:{}"
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
 
@@ -146,7 +144,7 @@ class Bucket(msgspec.Struct, frozen=True):
     @property
     def redis_key(self) -> str:
         kind = "ep" if self.kind == "endpoint" else "key"
-        return BUCKET_KEY.format(kind, self.subject, self.route)
+        return keys.rate_bucket(kind, self.subject, self.route)
 
     @property
     def script_args(self) -> tuple[str, str]:
