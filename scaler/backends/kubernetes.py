@@ -18,6 +18,8 @@ Pod per worker, and how GPUs are asked for).
   this is a consistent read and a Pod created a moment ago is always listed (no cache lag, no
   "expectations" as KubeRay needs). A restarted scaler adopts what it finds.
 - `logs()`: each of an endpoint's Pods' log (pods/log), the docker backend's shape.
+- without PODQ_K8S_REDIS_SECRET a podq worker's Pod carries the Redis URL as a literal; the
+  first start of a backend whose URL holds a password logs one warning that says so and the fix.
 
 No API server can run where podq's suite runs, so this shell is exercised by the contract suite
 against a real cluster only (PODQ_TEST_KUBECONFIG, docs/kubernetes.md).
@@ -49,6 +51,7 @@ from scaler.backends.kubernetes_pods import (
     node_products,
     pod_manifest,
     pod_state,
+    password_in_spec,
     selector,
 )
 from serverless.store import now_ms
@@ -62,6 +65,11 @@ STOP_POLL_S = 0.5
 FIELD_MANAGER = "podq-scaler"
 RBAC = ("pods: create, get, list, watch, delete and pods/log: get in the namespace; nodes: get, list "
         "(a ClusterRole)")
+LITERAL_REDIS_URL = (
+    "worker pods in namespace %s get PODQ_REDIS_URL as a literal in their spec: anyone who can read pods "
+    "(kubectl get pod -o yaml) reads the Redis URL and any password in it. Put the URL in a Secret there "
+    "(kubectl -n %s create secret generic podq-redis-url --from-literal=redis-url=URL) and set "
+    "PODQ_K8S_REDIS_SECRET=podq-redis-url/redis-url for the scaler (docs/kubernetes.md)")
 
 
 def explain(code: int, reason: str, message: str, doing: str, namespace: str) -> str:
@@ -142,6 +150,7 @@ class KubernetesBackend:
         self._kube: AsyncClient | None = None
         self.server = ""
         self._told: dict[str, str] = {}  # pod name -> the problem last logged for it
+        self._warned_literal_url = False  # LITERAL_REDIS_URL is logged once per backend
 
     def constructor_args(self) -> dict[str, Any]:
         """Keyword arguments that build an equal backend (`type(b)(**b.constructor_args())`)."""
@@ -180,11 +189,18 @@ class KubernetesBackend:
                                          self.options.product_label)
         created = now_ms()
         manifest = pod_manifest(spec, self.options, products, created, self.grace_s)
+        self._warn_literal_url(spec)
         client = self._client()
         with self._errors(f"creating worker {spec.worker_id}"):
             await client.create(Pod.from_dict(manifest))
         return WorkerHandle(worker_id=spec.worker_id, endpoint_id=spec.endpoint_id, version=spec.version,
                             ref=manifest["metadata"]["name"], started_at=created)
+
+    def _warn_literal_url(self, spec: WorkerSpec) -> None:
+        """Log LITERAL_REDIS_URL at the first pod that shows a password, not at every start."""
+        if not self._warned_literal_url and password_in_spec(spec, self.options):
+            self._warned_literal_url = True
+            log.warning(LITERAL_REDIS_URL, self.options.namespace, self.options.namespace)
 
     async def _products(self, worker_id: str) -> list[str]:
         label = self.options.product_label

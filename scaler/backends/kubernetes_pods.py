@@ -23,6 +23,9 @@ picks which worker stops, which a Deployment's ReplicaSet would not let it do):
   substring or "same model" operator, so the backend lists the nodes and `matching_products`
   keeps the exact label values `scaler.gpus.same_model` accepts.
 - cpus / memory_mb become requests = limits (Guaranteed QoS for the container's CPU and memory).
+- a podq worker's PODQ_REDIS_URL (it may hold the Redis password) is read from the Secret
+  `redis_secret` names (PODQ_K8S_REDIS_SECRET) when one is set: a literal would show the
+  password to anyone who can `kubectl get pod -o yaml`. A RunPod worker never gets the URL.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -55,6 +59,7 @@ DEFAULT_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU feature discovery
 DEFAULT_NAMESPACE = "default"
 CONTAINER_NAME = "worker"
 MAX_NAME = 63
+REDIS_URL_ENV = "PODQ_REDIS_URL"  # what worker_env names it and worker/ reads
 # Container waiting reasons that mean the pod was placed but its container cannot start.
 STUCK_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                            "CreateContainerError", "RunContainerError"})
@@ -62,6 +67,7 @@ _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")  # a Secret's data key (IsConfigMapKey)
 
 
 class KubernetesOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +83,8 @@ class KubernetesOptions(msgspec.Struct, frozen=True, kw_only=True):
         gpu_tolerations: extra tolerations GPU workers get, kubectl's taint syntax:
             `key=value:Effect`, `key:Effect` (any value), `key=value` or `key` (any effect).
         product_label: the node label holding the GPU model.
+        redis_secret: `secret-name/key`: a Secret (in `namespace`) whose key holds the Redis URL,
+            which podq workers then read from it; '': the URL is a literal in their pod spec.
     """
 
     namespace: str = DEFAULT_NAMESPACE
@@ -86,6 +94,7 @@ class KubernetesOptions(msgspec.Struct, frozen=True, kw_only=True):
     image_pull_secrets: list[str] = []
     gpu_tolerations: list[str] = []
     product_label: str = DEFAULT_PRODUCT_LABEL
+    redis_secret: str = ""
 
     def __post_init__(self) -> None:
         # refuse a bad setting when it is given, not at the first worker's start
@@ -93,12 +102,14 @@ class KubernetesOptions(msgspec.Struct, frozen=True, kw_only=True):
             raise BackendError(f"namespace {self.namespace!r} is not a Kubernetes namespace name: give one of "
                                "lower-case letters, digits and '-', at most 63 (--namespace, PODQ_K8S_NAMESPACE)")
         for secret in self.image_pull_secrets:
-            if not _DNS_SUBDOMAIN.fullmatch(secret) or len(secret) > 253:
+            if not is_secret_name(secret):
                 raise BackendError(f"image pull secret {secret!r} is not a Secret name (a DNS-1123 subdomain)")
         for text in self.gpu_tolerations:
             toleration(text)
         if not is_label_key(self.product_label):
             raise BackendError(f"GPU product label {self.product_label!r} is not a label key ([prefix/]name)")
+        if self.redis_secret:
+            secret_key_ref(self.redis_secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KubernetesOptions:
@@ -112,6 +123,7 @@ class KubernetesOptions(msgspec.Struct, frozen=True, kw_only=True):
             image_pull_secrets=_csv(env.get("PODQ_K8S_IMAGE_PULL_SECRETS", "")),
             gpu_tolerations=_csv(env.get("PODQ_K8S_GPU_TOLERATIONS", "")),
             product_label=env.get("PODQ_K8S_PRODUCT_LABEL") or DEFAULT_PRODUCT_LABEL,
+            redis_secret=env.get("PODQ_K8S_REDIS_SECRET", ""),
         )
 
 
@@ -138,6 +150,39 @@ def is_label_key(key: str) -> bool:
     if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix)):
         return False
     return bool(_KEY_NAME.match(name))
+
+
+def is_secret_name(name: str) -> bool:
+    """A Secret's name is a DNS-1123 subdomain of at most 253 characters."""
+    return len(name) <= 253 and bool(_DNS_SUBDOMAIN.fullmatch(name))
+
+
+def secret_key_ref(text: str) -> dict[str, str]:
+    """`secret-name/key` as a secretKeyRef's `{name, key}` (pure).
+
+    Raises:
+        BackendError: the text is not a Secret name, '/' and a data key; the message shows the form.
+    """
+    name, slash, key = text.partition("/")
+    # the API server refuses the keys '.' and '..' and those starting with '..' (IsConfigMapKey)
+    if not (slash and is_secret_name(name) and _SECRET_KEY.fullmatch(key) and not key.startswith("..")
+            and key != "."):
+        raise BackendError(f"Redis URL Secret {text!r} is not NAME/KEY (a Secret's name, '/', a key of "
+                           "[-._a-zA-Z0-9]): set PODQ_K8S_REDIS_SECRET to the Secret in the workers' "
+                           "namespace and its key that holds the Redis URL, e.g. podq-redis/redis-url")
+    return {"name": name, "key": key}
+
+
+def redis_url_in_spec(spec: WorkerSpec, options: KubernetesOptions) -> bool:
+    """Whether the worker's Pod carries the Redis URL as a literal (pure): a podq worker's does
+    unless `redis_secret` names the Secret it reads it from; a RunPod worker's never has it."""
+    return spec.protocol != "runpod" and not options.redis_secret
+
+
+def password_in_spec(spec: WorkerSpec, options: KubernetesOptions) -> bool:
+    """Whether the worker's Pod shows a Redis password: the URL is a literal there and holds one
+    (a password-less in-cluster URL hides nothing, so nothing is worth a warning)."""
+    return redis_url_in_spec(spec, options) and urlsplit(spec.redis_url).password is not None
 
 
 def _hashed(safe: str, key: str, limit: int) -> str:
@@ -268,16 +313,26 @@ def pod_labels(spec: WorkerSpec) -> dict[str, str]:
             LABEL_WORKER: label_value(spec.worker_id), LABEL_VERSION: str(spec.version)}
 
 
+def container_env(spec: WorkerSpec, options: KubernetesOptions) -> list[dict[str, Any]]:
+    """The container's env (pure). A RunPod worker gets exactly its spec's env (it talks to the
+    gateway, never to Redis); a podq worker `worker_env`, whose PODQ_REDIS_URL is a reference to
+    the Secret `redis_secret` names when set, so neither the URL nor its password is in the pod."""
+    if spec.protocol == "runpod":
+        return [{"name": k, "value": v} for k, v in spec.env.items()]
+    ref = secret_key_ref(options.redis_secret) if options.redis_secret else None
+    return [{"name": k, "valueFrom": {"secretKeyRef": ref}} if ref and k == REDIS_URL_ENV
+            else {"name": k, "value": v} for k, v in worker_env(spec).items()]
+
+
 def worker_container(spec: WorkerSpec, options: KubernetesOptions) -> dict[str, Any]:
     """The worker's one container (pure). The command is the docker backend's choice: the
     spec's command, else `python -m worker <handler>`, else the image's own; it goes in `args`,
-    which replaces the image's CMD and keeps its ENTRYPOINT, as the Engine API's Cmd does. A
-    RunPod worker gets exactly its spec's env (it talks to the gateway, never to Redis)."""
-    env = dict(spec.env) if spec.protocol == "runpod" else worker_env(spec)
+    which replaces the image's CMD and keeps its ENTRYPOINT, as the Engine API's Cmd does. The
+    env is `container_env`'s."""
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or options.image,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": container_env(spec, options),
     }
     command = worker_command(spec, options.python)
     if command:
@@ -294,7 +349,7 @@ def pod_manifest(spec: WorkerSpec, options: KubernetesOptions, products: list[st
 
     Args:
         spec: the worker.
-        options: namespace, image, python, pull secrets, tolerations, product label.
+        options: namespace, image, python, pull secrets, tolerations, product label, Redis Secret.
         products: the product label values it may be placed on (`matching_products`); None: any node.
         created_at: ms since the epoch, kept in an annotation.
         grace_s: terminationGracePeriodSeconds, for deletions that name none (a node drain,

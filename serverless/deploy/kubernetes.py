@@ -12,7 +12,9 @@ scaler's kubernetes backend (scaler/backends/kubernetes.py) starts the workers o
               when an external Redis is given (its URL reaches every component instead)
 
 Settings reach the containers as the PODQ_* variables serverless/settings.py reads; a Redis URL
-with a password and the admin key travel in Secrets, never as literals in these pod specs.
+with a password and the admin key travel in Secrets, never as literals in these pod specs. When
+the Redis URL is in a Secret the scaler also gets PODQ_K8S_REDIS_SECRET, so the worker pods it
+starts read the URL from that Secret too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ REDIS_PORT = 6379
 REDIS_URL_ENV = "PODQ_REDIS_URL"  # serverless/settings.py: Settings.redis_url
 GATEWAY_URL_ENV = "PODQ_GATEWAY_URL"  # serverless/settings.py: Settings.gateway_url
 LOG_LEVEL_ENV = "PODQ_LOG_LEVEL"  # serverless/logs.py
+WORKER_REDIS_SECRET_ENV = "PODQ_K8S_REDIS_SECRET"  # scaler/backends/kubernetes_pods.py: KubernetesOptions
 REDIS_SECRET_KEY = "redis-url"  # the key of the Secret that holds a Redis URL
 API_KEY_SECRET_KEY = "api-key"  # the key of the Secret that holds the admin key
 # namespaces every cluster has: podq must not own them (`kubectl delete -f` would delete them)
@@ -137,7 +140,7 @@ def _check_scaler_flags(o: DeployOptions) -> None:
 
     try:
         KubernetesOptions(namespace=o.namespace, image_pull_secrets=list(o.worker_image_pull_secrets),
-                          gpu_tolerations=list(o.gpu_tolerations))
+                          gpu_tolerations=list(o.gpu_tolerations), redis_secret=worker_redis_secret(o))
     except BackendError as e:
         raise ConfigError(f"{e}: the scaler would refuse it at start") from e
 
@@ -172,17 +175,34 @@ def gateway_url(o: DeployOptions) -> str:
     return f"http://{service_host(o, 'podq-gateway')}:{DEFAULT_PORT}"
 
 
+def redis_url_secret(o: DeployOptions) -> str | None:
+    """The Secret whose `redis-url` key the components read the Redis URL from: the user's
+    (--redis-secret), podq-redis for a URL with a password; None: the URL is a literal."""
+    match o.redis:
+        case ExternalRedis(secret=str(secret)):
+            return secret
+        case ExternalRedis() if _url_with_password(o):
+            return "podq-redis"
+    return None
+
+
 def redis_url_env(o: DeployOptions) -> dict[str, object]:
     """PODQ_REDIS_URL as every component gets it: a literal, or a reference to a Secret."""
+    secret = redis_url_secret(o)
+    if secret is not None:
+        return _secret_env(REDIS_URL_ENV, secret, REDIS_SECRET_KEY)
     match o.redis:
         case InClusterRedis():
             return {"name": REDIS_URL_ENV, "value": f"redis://{service_host(o, 'podq-redis')}:{REDIS_PORT}/0"}
-        case ExternalRedis(secret=str(secret)):
-            return _secret_env(REDIS_URL_ENV, secret, REDIS_SECRET_KEY)
-        case ExternalRedis() if _url_with_password(o):
-            return _secret_env(REDIS_URL_ENV, "podq-redis", REDIS_SECRET_KEY)
         case ExternalRedis(url=url):
             return {"name": REDIS_URL_ENV, "value": url}
+
+
+def worker_redis_secret(o: DeployOptions) -> str:
+    """The scaler's PODQ_K8S_REDIS_SECRET (`name/key`): the Secret the components read the Redis
+    URL from, so the worker pods read it from there too; '' when the URL is a literal anyway."""
+    secret = redis_url_secret(o)
+    return f"{secret}/{REDIS_SECRET_KEY}" if secret is not None else ""
 
 
 def _url_with_password(o: DeployOptions) -> str | None:
@@ -268,7 +288,11 @@ def scaler_args(o: DeployOptions) -> list[str]:
 
 def scaler_deployment(o: DeployOptions) -> dict[str, object]:
     """The scaler; extra replicas wait on the Redis leader lease (scaler/leader.py)."""
-    container = _container(o, "scaler", scaler_args(o), [{"name": GATEWAY_URL_ENV, "value": gateway_url(o)}])
+    env: list[dict[str, object]] = [{"name": GATEWAY_URL_ENV, "value": gateway_url(o)}]
+    secret = worker_redis_secret(o)
+    if secret:  # its worker pods take the URL from the same Secret, not as a literal
+        env.append({"name": WORKER_REDIS_SECRET_ENV, "value": secret})
+    container = _container(o, "scaler", scaler_args(o), env)
     pod = _pod_spec(o, container, serviceAccountName="podq-scaler", automountServiceAccountToken=True)
     return _deployment(o, "scaler", o.scaler_replicas, pod)
 

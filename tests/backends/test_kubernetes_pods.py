@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import logging
 import re
 import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from scaler.backends.base import BackendError, WorkerSpec
-from scaler.backends.kubernetes import KubernetesBackend, explain
+from scaler.backends.kubernetes import LITERAL_REDIS_URL, KubernetesBackend, explain
 from scaler.backends.kubernetes_pods import (
     KubernetesOptions,
     container_resources,
@@ -35,6 +38,8 @@ from scaler.backends.kubernetes_pods import (
     pod_manifest,
     pod_name,
     pod_state,
+    redis_url_in_spec,
+    secret_key_ref,
     selector,
     toleration,
 )
@@ -258,6 +263,7 @@ PODS = [  # (what it is, spec changes, options changes, products)
      {}, None),
     ("a worker with its own command", {"command": ["python", "-u", "/app/serve.py"]}, {}, None),
     ("a worker running the image's own command", {"handler": None}, {}, None),
+    ("a worker reading the Redis URL from a Secret", {}, {"redis_secret": "podq-redis/redis-url"}, None),
     ("ids that are not label values", {"endpoint_id": LONG_ID, "worker_id": LONG_ID + "-0a1b2c3d",
                                        "labels": {"team": "ml"}}, {}, None),
 ]
@@ -334,6 +340,92 @@ def test_image_pull_secrets_are_named() -> None:
     pod = pod_manifest(worker(), KubernetesOptions(image_pull_secrets=["regcred"]), None, 1, 25.0)
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert "imagePullSecrets" not in pod_manifest(worker(), OPTIONS, None, 1, 25.0)["spec"]
+
+
+REDIS_URL = "redis://:pw@redis.podq.svc:6379/0"  # worker()'s
+
+
+@pytest.mark.parametrize("changes,redis_secret,url_entry", [
+    # no Secret configured: today's literal (the backend warns once, below)
+    ({}, "", {"name": "PODQ_REDIS_URL", "value": REDIS_URL}),
+    # a Secret: a reference instead, whatever the spec's env held under that name
+    ({}, "podq-redis/redis-url",
+     {"name": "PODQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "podq-redis", "key": "redis-url"}}}),
+    ({"env": {"MODEL": "llama", "PODQ_REDIS_URL": REDIS_URL}}, "ops.redis/url_v2",
+     {"name": "PODQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "ops.redis", "key": "url_v2"}}}),
+    # a RunPod worker talks to the gateway: no Redis URL in either form
+    ({"protocol": "runpod", "handler": None}, "", None),
+    ({"protocol": "runpod", "handler": None}, "podq-redis/redis-url", None),
+])
+def test_the_redis_url_is_a_secret_reference_when_one_is_configured(changes: dict, redis_secret: str,
+                                                                    url_entry: dict | None) -> None:
+    pod = pod_manifest(worker(**changes), KubernetesOptions(redis_secret=redis_secret), None, 1, 25.0)
+    entries = container(pod)["env"]
+    assert [e for e in entries if e["name"] == "PODQ_REDIS_URL"] == ([url_entry] if url_entry else [])
+    assert len({e["name"] for e in entries}) == len(entries)  # one entry per name: no literal left behind
+    if url_entry != {"name": "PODQ_REDIS_URL", "value": REDIS_URL}:
+        assert REDIS_URL not in json.dumps(pod) and ":pw@" not in json.dumps(pod)
+    rest = {e["name"]: e["value"] for e in entries if e["name"] != "PODQ_REDIS_URL"}
+    if changes.get("protocol") != "runpod":
+        assert rest == {"MODEL": "llama", "PODQ_ENDPOINT_ID": "ep-1", "PODQ_WORKER_ID": "ep-1-0a1b2c3d",
+                        "PODQ_WORKER_VERSION": "4"}
+
+
+@pytest.mark.parametrize("protocol,redis_secret,literal", [
+    ("podq", "", True), ("podq", "podq-redis/redis-url", False), ("runpod", "", False),
+    ("runpod", "podq-redis/redis-url", False)])
+def test_only_a_podq_worker_without_a_redis_secret_has_the_url_in_its_spec(protocol: str, redis_secret: str,
+                                                                            literal: bool) -> None:
+    spec = worker(protocol=protocol)
+    assert redis_url_in_spec(spec, KubernetesOptions(redis_secret=redis_secret)) is literal
+    pod = pod_manifest(spec, KubernetesOptions(redis_secret=redis_secret), None, 1, 25.0)
+    assert (REDIS_URL in json.dumps(pod)) is literal
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("podq-redis/redis-url", {"name": "podq-redis", "key": "redis-url"}),
+    ("ops.redis/URL_v2.txt", {"name": "ops.redis", "key": "URL_v2.txt"}),
+    ("r/.url", {"name": "r", "key": ".url"}),
+])
+def test_a_redis_secret_is_a_secret_name_and_a_key(text: str, expected: dict) -> None:
+    assert secret_key_ref(text) == expected
+
+
+@pytest.mark.parametrize("text", ["podq-redis", "podq-redis/", "/redis-url", "Podq_Redis/redis-url",
+                                  "podq-redis/redis url", "podq-redis/a/b", "podq-redis/.", "podq-redis/..x",
+                                  "podq-redis/url\n", "x" * 254 + "/url", "podq-redis/" + "k" * 254])
+def test_a_malformed_redis_secret_is_refused_with_the_form_and_the_variable(text: str) -> None:
+    fix = r"is not NAME/KEY .*set PODQ_K8S_REDIS_SECRET .*e\.g\. podq-redis/redis-url"
+    with pytest.raises(BackendError, match=fix):
+        secret_key_ref(text)
+    with pytest.raises(BackendError, match=re.escape(f"Redis URL Secret {text!r}")):
+        KubernetesOptions(redis_secret=text)
+
+
+async def test_a_literal_redis_url_is_warned_about_once_per_backend(caplog: pytest.LogCaptureFixture) -> None:
+    """The warning comes before the first API call, so a backend without a cluster shows it: its
+    starts fail at the kubeconfig, after the pod was built."""
+    async def warnings_of(options: KubernetesOptions, *specs: WorkerSpec) -> list[str]:
+        caplog.clear()
+        backend = KubernetesBackend(options)
+        for spec in specs:
+            with pytest.raises(BackendError, match=r"no usable Kubernetes configuration"):
+                await backend.start(spec)
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    base = KubernetesOptions(namespace="podq", image="reg/podq:1", kubeconfig="/nonexistent")
+    runpod = worker(protocol="runpod", handler=None)
+    with caplog.at_level(logging.WARNING, logger="podq.scaler"):
+        [warning] = await warnings_of(base, runpod, worker(), worker(worker_id="ep-1-1"), worker())
+        assert warning == LITERAL_REDIS_URL % ("podq", "podq")
+        assert "kubectl get pod -o yaml" in warning
+        assert "PODQ_K8S_REDIS_SECRET=podq-redis-url/redis-url" in warning
+        assert len(await warnings_of(base, worker())) == 1  # a new backend warns again
+        assert await warnings_of(base, runpod, runpod) == []  # RunPod workers never carry the URL
+        # a password-less URL (the in-cluster Redis) hides nothing: no warning
+        assert await warnings_of(base, worker(redis_url="redis://redis.podq.svc:6379/0")) == []
+        with_secret = msgspec.structs.replace(base, redis_secret="podq-redis/redis-url")
+        assert await warnings_of(with_secret, worker(), worker()) == []
 
 
 # --- listed pods -----------------------------------------------------------------------------
@@ -434,11 +526,13 @@ def test_options_from_the_environment() -> None:
     options = KubernetesOptions.from_env({
         "PODQ_K8S_NAMESPACE": "gpu-workers", "PODQ_K8S_IMAGE": "reg/podq:1", "PODQ_K8S_PYTHON": "python3",
         "PODQ_K8S_IMAGE_PULL_SECRETS": "regcred, ghcr", "PODQ_K8S_GPU_TOLERATIONS": "dedicated=gpu:NoSchedule,spot",
-        "PODQ_K8S_PRODUCT_LABEL": "cloud.example.com/accelerator"})
+        "PODQ_K8S_PRODUCT_LABEL": "cloud.example.com/accelerator",
+        "PODQ_K8S_REDIS_SECRET": "podq-redis/redis-url"})
     assert options == KubernetesOptions(namespace="gpu-workers", image="reg/podq:1", python="python3",
                                         image_pull_secrets=["regcred", "ghcr"],
                                         gpu_tolerations=["dedicated=gpu:NoSchedule", "spot"],
-                                        product_label="cloud.example.com/accelerator")
+                                        product_label="cloud.example.com/accelerator",
+                                        redis_secret="podq-redis/redis-url")
     assert KubernetesOptions.from_env({}) == KubernetesOptions()
 
 
@@ -447,6 +541,7 @@ def test_options_from_the_environment() -> None:
     ({"image_pull_secrets": ["Reg Cred"]}, r"image pull secret 'Reg Cred' is not a Secret name"),
     ({"gpu_tolerations": ["dedicated=gpu:Never"]}, r"GPU toleration 'dedicated=gpu:Never' is not key=value:Effect"),
     ({"product_label": "gpu product"}, r"GPU product label 'gpu product' is not a label key"),
+    ({"redis_secret": "podq-redis"}, r"Redis URL Secret 'podq-redis' is not NAME/KEY"),
 ])
 def test_bad_options_are_refused_when_given(changes: dict, message: str) -> None:
     with pytest.raises(BackendError, match=message):

@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
+from scaler.backends.base import WorkerSpec
+from scaler.backends.kubernetes_pods import KubernetesOptions, pod_manifest
 from serverless.deploy import cli
 from serverless.deploy.kubernetes import (
     DEFAULT_IMAGE,
@@ -144,6 +146,30 @@ def test_redis_url_reaches_every_component(redis: InClusterRedis | ExternalRedis
         assert env_of(container)["PODQ_REDIS_URL"] == url_env, name
     assert {(o["kind"], o["metadata"]["name"]) for o in objects
             if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "redis"} == redis_kinds
+
+
+@pytest.mark.parametrize("redis,worker_secret", [
+    (InClusterRedis(), None),  # a literal URL already: the workers' stays a literal (the scaler warns)
+    (ExternalRedis(url="redis://redis.example.com:6379/0"), None),
+    (ExternalRedis(url="rediss://:s3cret@redis.example.com:6380/1"), "podq-redis/redis-url"),
+    (ExternalRedis(secret="my-redis"), "my-redis/redis-url"),
+])
+def test_the_scaler_hands_its_redis_secret_to_the_worker_pods(redis: InClusterRedis | ExternalRedis,
+                                                              worker_secret: str | None) -> None:
+    """When the components read PODQ_REDIS_URL from a Secret, the scaler gets
+    PODQ_K8S_REDIS_SECRET naming the same Secret and key, and its kubernetes backend, configured
+    from that env as at start, renders worker pods that reference it too."""
+    objects = render(DeployOptions(redis=redis))
+    scaler, gateway = containers(objects)["scaler"], containers(objects)["gateway"]
+    assert "PODQ_K8S_REDIS_SECRET" not in env_of(gateway)
+    entry = env_of(scaler).get("PODQ_K8S_REDIS_SECRET")
+    assert entry == ({"name": "PODQ_K8S_REDIS_SECRET", "value": worker_secret} if worker_secret else None)
+    options = KubernetesOptions.from_env({e["name"]: e["value"] for e in scaler["env"] if "value" in e})
+    spec = WorkerSpec(endpoint_id="ep", worker_id="ep-0", version=1, redis_url="redis://:pw@r:6379/0",
+                      image="w:1", handler="/h.py")
+    [worker] = pod_manifest(spec, options, None, 1, 25.0)["spec"]["containers"]
+    assert env_of(worker)["PODQ_REDIS_URL"].get("valueFrom") == (
+        env_of(scaler)["PODQ_REDIS_URL"]["valueFrom"] if worker_secret else None)
 
 
 def test_a_redis_password_appears_only_in_its_secret() -> None:
