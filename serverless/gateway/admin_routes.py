@@ -26,7 +26,6 @@ body (checked whole) and as a patch (to know which fields were sent).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -37,6 +36,7 @@ from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.gateway import state, webhooks
 from serverless.gateway.limits import MB, decode_body, read_body
+from serverless.gateway.query_params import query_flag
 from serverless.gateway.replies import encode
 from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template
 from serverless.registry import (
@@ -112,7 +112,6 @@ _decoders = {
     kind: msgspec.json.Decoder(kind)
     for kind in (TemplateBody, TemplatePatch, EndpointBody, EndpointPatch, _EndpointUpsert)
 }
-FLAGS = {"true": True, "false": False}
 
 
 # ---- pure: bodies to records -------------------------------------------------------------
@@ -149,16 +148,6 @@ def rolled(endpoint: EndpointConfig, now: int) -> EndpointConfig:
         endpoint, version=endpoint.version + 1, updated_at=now,
         status=EndpointStatus.PENDING, status_reason="",
     )
-
-
-def query_flag(query: Mapping[str, str], name: str) -> bool:
-    """A true/false query parameter; absent is false (pure)."""
-    raw = query.get(name)
-    if raw is None:
-        return False
-    if raw not in FLAGS:
-        raise BadRequest(f"{name}={raw!r} is not a flag; use ?{name}=true or ?{name}=false")
-    return FLAGS[raw]
 
 
 def label_filters(values: list[str]) -> list[tuple[str, str | None]]:

@@ -35,6 +35,7 @@ from serverless.errors import BadRequest, Conflict, Forbidden, NotFound, Payload
 from serverless.gateway import state, webhooks
 from serverless.gateway.limits import decode_body, read_body
 from serverless.gateway.openapi import Param, Route
+from serverless.gateway.query_params import query_flag
 from serverless.gateway.replies import encode
 from serverless.store import now_ms
 
@@ -102,15 +103,6 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
     return int(raw)
 
 
-def _bool_param(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise BadRequest(f"{name}={raw!r} is not a boolean; use true or false")
-    return raw.lower() in ("true", "1")
-
-
 async def _uploaded(request: web.Request) -> AsyncIterator[bytes]:
     while chunk := await request.content.readany():
         yield chunk
@@ -144,7 +136,8 @@ async def _create_from_upload(request: web.Request) -> web.Response:
     timeout = _int_param(request, "execution_timeout_ms", None, 1, 7 * 24 * 3600 * 1000)
     meta = intake.new_meta(intake.new_batch_id(), endpoint, fmt, now_ms(), source="upload",
                            max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT,
-                           low_priority=_bool_param(request, "low_priority", True), execution_timeout_ms=timeout)
+                           low_priority=query_flag(request.query, "low_priority", True),
+                           execution_timeout_ms=timeout)
     cap = _max_bytes(request)
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLarge(f"the batch file of {request.content_length} bytes is over the {cap} byte "

@@ -12,7 +12,6 @@ import pytest
 import serverless
 from serverless.admin import label_query
 from serverless.errors import BadRequest, Conflict
-from serverless.gateway.admin_routes import query_flag
 from serverless.gateway.webhooks import WebhookPolicy
 from serverless.model import EndpointConfig, Template
 from serverless.registry import (
@@ -68,17 +67,6 @@ def test_every_label_filter_must_match(labels: dict[str, str], filters: list, ex
 ])
 def test_the_admin_client_sends_labels_as_repeated_query_params(labels: Any, query: list) -> None:
     assert label_query(labels) == query
-
-
-@pytest.mark.parametrize("query,expected", [({}, False), ({"f": "true"}, True), ({"f": "false"}, False)])
-def test_a_flag_is_true_or_false(query: dict[str, str], expected: bool) -> None:
-    assert query_flag(query, "f") is expected
-
-
-@pytest.mark.parametrize("raw", ["1", "yes", "True", ""])
-def test_a_flag_that_is_not_true_or_false_is_refused(raw: str) -> None:
-    with pytest.raises(BadRequest, match=f"f={raw!r} is not a flag; use \\?f=true or \\?f=false"):
-        query_flag({"f": raw}, "f")
 
 
 @pytest.mark.parametrize("spec,expected", [
