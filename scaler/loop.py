@@ -4,7 +4,8 @@ observe: the registry's endpoints, each endpoint's queue statistics and worker h
          Redis, and the workers every backend lists (first requeueing jobs whose lease ran out,
          so a hung endpoint's only worker cannot hold its job until a replacement boots);
 decide:  policy.desired_workers (how many) and reconcile.reconcile (which to start and stop);
-act:     backend.start / backend.stop, and the endpoint's status in the registry.
+act:     backend.start / backend.stop, and the endpoint's status in the registry; an endpoint's
+         new workers start concurrently, START_CONCURRENCY (8) at a time.
 Nothing is remembered between ticks except actions in flight (stops still draining) and the
 crash-loop backoff; a restarted scaler rebuilds everything from the listing.
 """
@@ -38,6 +39,10 @@ log = logging.getLogger("podq.scaler")
 
 MAX_BACKOFF_MS = 60_000
 QUICK_DEATH_MS = 30_000  # a worker that dies younger than this counts toward a crash loop
+# how many of one endpoint's backend.start calls run at once: a Docker start or a pod create
+# takes 0.1-1 s, so starting one after another delays the Nth new worker N times that; yet a
+# burst of 100 must not open 100 engine API calls at once
+START_CONCURRENCY = 8
 
 
 class Backoff:
@@ -58,6 +63,23 @@ class Backoff:
 
     def wait_ms(self, endpoint_id: str, now: int) -> int:
         return max(0, self.not_before.get(endpoint_id, 0) - now)
+
+
+async def start_concurrently(backend: Backend, specs: list[WorkerSpec],
+                             limit: int) -> list[WorkerHandle | BaseException]:
+    """Await `backend.start` for every spec, at most `limit` at a time.
+
+    Returns:
+        One result per spec, in spec order: its WorkerHandle, or the exception its start raised
+        (collected, not raised, so that one failed start cancels none of the others).
+    """
+    gate = asyncio.Semaphore(limit)
+
+    async def start_one(spec: WorkerSpec) -> WorkerHandle:
+        async with gate:
+            return await backend.start(spec)
+
+    return await asyncio.gather(*(start_one(spec) for spec in specs), return_exceptions=True)
 
 
 class Scaler:
@@ -212,26 +234,51 @@ class Scaler:
 
     async def _start(self, endpoint: EndpointConfig, backend: Backend, count: int,
                      handles: list[WorkerHandle], now: int) -> str:
+        """Start up to `count` new workers of `endpoint`; returns why one could not start ('' when all did).
+
+        Devices are assigned one worker after another (so no two get the same GPU), then the
+        starts run concurrently, START_CONCURRENCY at a time. A start that fails cancels no other:
+        every worker that did start is recorded, and the first failure (in worker order; a
+        missing GPU, which ends the assignment, comes after every start) is the reason returned.
+        """
         wait = self.backoff.wait_ms(endpoint.id, now)
         if wait:
             return f"workers keep failing right after start; next try in {wait / 1000:.1f} s (see `podq logs {endpoint.id}`)"
         template = await self.registry.get_template(endpoint.template_id)
         if template is None:
             return f"template {endpoint.template_id!r} no longer exists; point the endpoint at another"
+        specs, no_gpu = await self._specs(endpoint, backend, template, count, handles)
+        results = await start_concurrently(backend, specs, START_CONCURRENCY)
+        for result in results:
+            if isinstance(result, WorkerHandle):
+                self._booting[result.worker_id] = (endpoint.id, now, endpoint.backend)
+                self.tally.decision(endpoint.id, "scale_up")
+                log.info("started worker %s for %s (version %d)",
+                         result.worker_id, endpoint.id, endpoint.version)
+        for result in results:  # a bug, not a backend's refusal: after the started ones are recorded
+            if isinstance(result, BaseException) and not isinstance(result, BackendError):
+                raise result
+        failures = [str(r) for r in results if isinstance(r, BackendError)]
+        return failures[0] if failures else no_gpu
+
+    async def _specs(self, endpoint: EndpointConfig, backend: Backend, template: Template, count: int,
+                     handles: list[WorkerHandle]) -> tuple[list[WorkerSpec], str]:
+        """Specs for up to `count` new workers, and why there are fewer ('' when there are not).
+
+        GPUs are assigned in turn, each worker's devices added to those in use before the next
+        is assigned; the first worker this host has no free GPU for ends the list (gpus.NoGpu).
+        """
         in_use = [u for h in handles for u in h.gpu_uuids]
+        specs: list[WorkerSpec] = []
         for _ in range(count):
             try:
                 # a cluster engine picks nodes and devices itself; else they come from this host
                 devices = [] if backend.places_gpus else gpus.assign(endpoint, self.inventory(), in_use)
-                spec = await self._spec(endpoint, template, devices, backend.places_gpus)
-                handle = await backend.start(spec)
-            except (gpus.NoGpu, BackendError) as e:
-                return str(e)
-            in_use += handle.gpu_uuids
-            self._booting[handle.worker_id] = (endpoint.id, now, endpoint.backend)
-            self.tally.decision(endpoint.id, "scale_up")
-            log.info("started worker %s for %s (version %d)", handle.worker_id, endpoint.id, endpoint.version)
-        return ""
+            except gpus.NoGpu as e:
+                return specs, str(e)
+            in_use += devices
+            specs.append(await self._spec(endpoint, template, devices, backend.places_gpus))
+        return specs, ""
 
     async def _spec(self, endpoint: EndpointConfig, template: Template, gpu_uuids: list[str],
                     engine_places: bool = False) -> WorkerSpec:

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
 from scaler.backends.process import ProcessBackend
 from scaler.loop import Scaler
 from serverless.model import EndpointConfig, EndpointStatus, RunRequest, ScalerType, Status, Template
@@ -310,6 +311,68 @@ async def test_request_count_scaler(env, store, scaler_settings) -> None:
         assert await count(backend) == 2
         for i in ids:
             assert (await store.wait(i, 20)).status is Status.COMPLETED
+
+
+class GatedBackend(ProcessBackend):
+    """The real process backend, but each start() waits until `together` starts are in flight at
+    once, records the peak, and refuses the calls numbered in `refuse` (1 = the first start).
+
+    The wait gives up after `wait_s` so a scaler that starts workers one after another fails the
+    test (peak 1) instead of hanging it.
+    """
+
+    def __init__(self, redis_url: str, log_dir: str, together: int,
+                 refuse: frozenset[int] = frozenset(), wait_s: float = 5.0) -> None:
+        super().__init__(redis_url, log_dir=log_dir)
+        self.together, self.refuse, self.wait_s = together, refuse, wait_s
+        self.calls = self.in_flight = self.peak = 0
+        self.all_in = asyncio.Event()
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        self.calls += 1
+        call = self.calls
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        if self.in_flight >= self.together:
+            self.all_in.set()
+        try:
+            try:
+                await asyncio.wait_for(self.all_in.wait(), self.wait_s)
+            except asyncio.TimeoutError:
+                pass  # the others never came while this one waited: the peak tells
+            if call in self.refuse:
+                raise BackendError(f"worker {spec.worker_id}: start #{call} refused by the test")
+            return await super().start(spec)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_one_tick_starts_new_workers_concurrently(env, store, scaler_settings, tmp_path) -> None:
+    registry, _ = env
+    await make_endpoint(registry, workers_min=3)
+    backend = GatedBackend(scaler_settings.redis_url, str(tmp_path), together=3)
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    await scaler.leader.release()
+    assert (backend.calls, backend.peak) == (3, 3)
+    assert await count(backend) == 3
+
+
+async def test_a_refused_start_stops_no_other_and_is_the_reason(env, store, scaler_settings,
+                                                                 tmp_path) -> None:
+    registry, _ = env
+    endpoint = await make_endpoint(registry, workers_min=3)
+    backend = GatedBackend(scaler_settings.redis_url, str(tmp_path), together=3, refuse=frozenset({2}))
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    assert (backend.calls, backend.peak) == (3, 3)
+    started = {h.worker_id for h in await backend.list() if h.running}
+    assert len(started) == 2 and set(scaler._booting) == started  # both recorded as booting
+    e = await registry.get_endpoint(endpoint.id)
+    assert e.status is EndpointStatus.FAILED and "start #2 refused by the test" in e.status_reason
+    await scaler.tick()  # the next tick starts the one that is missing
+    await scaler.leader.release()
+    assert backend.calls == 4 and await count(backend) == 3
 
 
 async def test_endpoint_execution_timeout_applies_to_jobs_without_a_policy(env, store, scaler_settings) -> None:
