@@ -174,11 +174,14 @@ class Worker:
         """Block on the endpoint's doorbell, at most a second (then take anyway: a safety net
         for a lost ring); request_stop cuts it short (a lost ring costs nothing: the bell is a
         hint, the queue is the truth)."""
-        self._bell = asyncio.ensure_future(wait_for_work(self.blocking, self.endpoint, 1.0))
+        bell = self._bell = asyncio.ensure_future(wait_for_work(self.blocking, self.endpoint, 1.0))
         try:
-            await asyncio.wait((self._bell,))  # returns, not raises, when request_stop cancels it
+            await asyncio.wait((bell,))  # returns, not raises, when request_stop cancels it
         finally:
             self._bell = None
+            bell.cancel()  # this wait itself was cancelled: the BLPOP must not outlive it
+        if not bell.cancelled():
+            bell.exception()  # a Redis error is retrieved here; the next take meets it and says so
 
     def _start(self, taken: TakenJob) -> None:
         reporter = Reporter(self.store, taken.id, taken.attempt)
