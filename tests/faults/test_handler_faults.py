@@ -25,6 +25,7 @@ from serverless.model import EndpointConfig, Policy, RunRequest, Status, Templat
 from serverless.registry import Registry
 from serverless.settings import Settings, load_settings
 from tests.worker.conftest import wait_for_worker
+from tests.scaler_running import running
 
 HANDLERS = Path(__file__).parent / "handlers"
 SYNC, ASYNC = str(HANDLERS / "faulty_sync.py"), str(HANDLERS / "faulty_async.py")
@@ -51,10 +52,7 @@ async def test_crashing_handler_is_retried_then_failed_and_the_scaler_replaces_t
         "PODQ_HEARTBEAT_MS": "200", "PODQ_LEASE_MS": "1500", "PODQ_LOG_LEVEL": "INFO"}))
     endpoint = await registry.put_endpoint(EndpointConfig(
         id="ep-crash", name="crash", template_id="t-faulty", gpu_ids="ANY", workers_min=1, workers_max=1))
-    scaler = Scaler(registry, store, {"process": backend}, fast, tick_s=0.1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scaler.run(stop))
-    try:
+    async with running(Scaler(registry, store, {"process": backend}, fast, tick_s=0.1), backend):
         first = await run_ok(store, endpoint.id)
         t0 = time.monotonic()
         rec = await store.submit(endpoint.id, req("crash"))
@@ -69,12 +67,6 @@ async def test_crashing_handler_is_retried_then_failed_and_the_scaler_replaces_t
         handles = [h for h in await backend.list() if h.running]
         assert len(handles) == 1  # replaced, not duplicated
         print(f"crash x3 -> FAILED in {took:.1f} s")
-    finally:
-        stop.set()
-        await task
-        await scaler.close()
-        for handle in await backend.list():
-            await backend.stop(handle, 0.5)
 
 
 def _logs(folder: Path) -> str:

@@ -30,6 +30,7 @@ from serverless.gateway import GatewayOptions, start_gateway
 from serverless.gateway.server import RunningGateway
 from serverless.registry import Registry
 from serverless.settings import Settings
+from tests.scaler_running import running
 
 HANDLER = Path(__file__).parent / "handlers" / "echo.py"
 KEY = "graphql-suite-admin-key"
@@ -52,14 +53,8 @@ async def podq(
     backend = ProcessBackend(settings.redis_url, log_dir=str(tmp_path / "workers"))
     scaler = Scaler(Registry(gateway.store.redis), gateway.store, {"process": backend},
                     msgspec.structs.replace(settings, gateway_url=gateway.url), tick_s=0.2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scaler.run(stop))
-    yield gateway, backend
-    stop.set()
-    await task
-    await scaler.close()
-    for handle in await backend.list():
-        await backend.stop(handle, 0.5)
+    async with running(scaler, backend):
+        yield gateway, backend
     await gateway.close()
 
 

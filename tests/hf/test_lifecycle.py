@@ -26,6 +26,7 @@ from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
 from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
+from tests.scaler_running import running
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +42,9 @@ def run_scaler(settings: Settings, log_dir: Path) -> Callable[[JobStore], Any]:
 
     async def run(store: JobStore) -> None:
         backend = ProcessBackend(settings.redis_url, log_dir=str(log_dir))
-        scaler = Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.1)
-        stop = asyncio.Event()
-        task = asyncio.create_task(scaler.run(stop))
-        try:
+        async with running(Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.1),
+                           backend):
             await asyncio.Event().wait()
-        finally:
-            stop.set()
-            await task
-            await scaler.close()
-            for handle in await backend.list():
-                await backend.stop(handle, 0.5)
 
     return run
 

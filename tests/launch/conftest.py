@@ -21,6 +21,7 @@ from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
 from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
+from tests.scaler_running import running
 
 DEMO = Path(__file__).parent / "bundles" / "demo"
 
@@ -39,12 +40,9 @@ def scaled_gateway(redis_server: RedisProcess, root: Path) -> Iterator[ThreadedG
     backend = ProcessBackend(settings.redis_url, log_dir=str(root / "workers"))
 
     async def scale(store: JobStore) -> None:
-        scaler = Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.2)
-        try:
-            await scaler.run(asyncio.Event())
-        finally:
-            await scaler.close()
-            await asyncio.gather(*(backend.stop(h, 0.5) for h in await backend.list()))
+        async with running(Scaler(Registry(store.redis), store, {"process": backend}, settings, tick_s=0.2),
+                           backend):
+            await asyncio.Event().wait()
 
     os.environ["PODQ_BUNDLE_CACHE"] = str(root / "cache")  # the workers inherit it
     try:

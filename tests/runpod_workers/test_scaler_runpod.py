@@ -21,6 +21,7 @@ from serverless.model import EndpointConfig, Template, WorkerProtocol
 from serverless.registry import Registry
 from serverless.settings import Settings
 from tests.runpod_workers.conftest import HANDLER, KEY, finished, runpod_python, status, submit, until
+from tests.scaler_running import running
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -39,17 +40,9 @@ async def scaled(rp_gateway, rp_settings: Settings, tmp_path: Path) -> AsyncIter
                                              protocol=WorkerProtocol.RUNPOD, env=env))
         await registry.put_endpoint(EndpointConfig(id=endpoint, name=endpoint, template_id=f"t-{endpoint}",
                                                    workers_min=1, workers_max=2, idle_timeout=1))
-        scaler = Scaler(registry, rp_gateway.store, {"process": backend}, settings, tick_s=0.2)
-        stop = asyncio.Event()
-        task = asyncio.create_task(scaler.run(stop))
-        try:
+        async with running(Scaler(registry, rp_gateway.store, {"process": backend}, settings, tick_s=0.2),
+                           backend) as scaler:
             yield scaler
-        finally:
-            stop.set()
-            await task
-            await scaler.close()
-            for handle in await backend.list():
-                await backend.stop(handle, 0.5)
 
     yield run, backend
 

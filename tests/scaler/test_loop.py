@@ -6,8 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import msgspec
@@ -20,6 +19,7 @@ from serverless.model import EndpointConfig, EndpointStatus, RunRequest, ScalerT
 from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
+from tests.scaler_running import running
 
 HANDLERS = Path(__file__).parent / "handlers"
 pytestmark = pytest.mark.slow
@@ -51,17 +51,9 @@ async def make_endpoint(registry: Registry, handler: str = "work.py", **kw) -> E
     return await registry.put_endpoint(EndpointConfig(**{**fields, **kw}))
 
 
-@asynccontextmanager
-async def running_scaler(registry, store, backend, settings, ident="s1") -> AsyncIterator[Scaler]:
-    scaler = Scaler(registry, store, {"process": backend}, settings, ident=ident, tick_s=0.1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scaler.run(stop))
-    try:
-        yield scaler
-    finally:
-        stop.set()
-        await task
-        await scaler.close()
+def running_scaler(registry, store, backend, settings, ident="s1") -> AbstractAsyncContextManager[Scaler]:
+    """A scaler with the process backend; its workers are left running (the tests stop them)."""
+    return running(Scaler(registry, store, {"process": backend}, settings, ident=ident, tick_s=0.1))
 
 
 def job(seconds: float = 0, **kw) -> RunRequest:
