@@ -6,6 +6,11 @@ observe: the registry's endpoints, each endpoint's queue statistics and worker h
 decide:  policy.desired_workers (how many) and reconcile.reconcile (which to start and stop);
 act:     backend.start / backend.stop, and the endpoint's status in the registry; an endpoint's
          new workers start concurrently, START_CONCURRENCY (8) at a time.
+Endpoints are ticked concurrently, ENDPOINT_CONCURRENCY (16) at a time, so one endpoint's slow
+engine calls (a pod create, a Docker start) or its failure delays or stops no other. The only
+state they share is this host's GPUs: one set of the devices held (by every listed worker of a
+backend that takes its GPUs from this host, and by workers still draining), to which each
+assignment adds its devices before anything is awaited, so two endpoints never get one GPU.
 Nothing is remembered between ticks except actions in flight (stops still draining) and the
 crash-loop backoff; a restarted scaler rebuilds everything from the listing.
 """
@@ -17,6 +22,7 @@ import logging
 import shlex
 import uuid
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 
@@ -43,6 +49,9 @@ QUICK_DEATH_MS = 30_000  # a worker that dies younger than this counts toward a 
 # takes 0.1-1 s, so starting one after another delays the Nth new worker N times that; yet a
 # burst of 100 must not open 100 engine API calls at once
 START_CONCURRENCY = 8
+# how many endpoints are ticked at once (each tick is a few Redis round trips and the backend's
+# calls for that endpoint)
+ENDPOINT_CONCURRENCY = 16
 
 
 class Backoff:
@@ -82,6 +91,15 @@ async def start_concurrently(backend: Backend, specs: list[WorkerSpec],
     return await asyncio.gather(*(start_one(spec) for spec in specs), return_exceptions=True)
 
 
+class Stopping(NamedTuple):
+    """A worker being stopped (it drains its jobs first): its handle, whether its GPUs are
+    this host's (it still holds them until it exits), and the task that stops it."""
+
+    handle: WorkerHandle
+    host_gpus: bool
+    task: asyncio.Task[None]
+
+
 class Scaler:
     def __init__(
         self, registry: Registry, store: JobStore, backends: dict[str, Backend], settings: Settings,
@@ -98,7 +116,7 @@ class Scaler:
         self.inventory = inventory
         self.leader = Leader(store.redis, self.ident)
         self.backoff = Backoff()
-        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._stopping: dict[str, Stopping] = {}
         # workers started by this scaler that have not sent a heartbeat yet: one that vanishes
         # from the listing before that (a process that exited at start-up) is a quick death;
         # (endpoint, started at, backend)
@@ -120,7 +138,7 @@ class Scaler:
         await self.leader.release()
 
     async def close(self) -> None:
-        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+        await asyncio.gather(*(s.task for s in self._stopping.values()), return_exceptions=True)
 
     async def tick(self) -> None:
         if not await self.leader.hold():
@@ -131,9 +149,20 @@ class Scaler:
         listed = await self._list_all()
         self._count_vanished(listed, now)
         backend_of = {e.id: e.backend for e in endpoints}
-        for endpoint in endpoints:
+        gpus_held = self._host_gpus_held(listed)
+        gate = asyncio.Semaphore(ENDPOINT_CONCURRENCY)
+
+        async def tick_one(endpoint: EndpointConfig) -> None:
+            if endpoint.backend in self.backends and endpoint.backend not in listed:
+                return  # its backend could not list: starting workers now could duplicate them
             handles = [h for h in listed.get(endpoint.backend, []) if h.endpoint_id == endpoint.id]
-            await self._tick_endpoint(endpoint, handles, endpoint.id in zero, now)
+            async with gate:
+                try:
+                    await self._tick_endpoint(endpoint, handles, endpoint.id in zero, now, gpus_held)
+                except Exception:  # one endpoint's failure must not stop the others' ticks
+                    log.exception("scaler tick of endpoint %s failed", endpoint.id)
+
+        await asyncio.gather(*(tick_one(e) for e in endpoints))
         for name, handles in listed.items():  # workers of deleted endpoints, or left behind
             for h in handles:                 # on a backend their endpoint moved away from
                 if backend_of.get(h.endpoint_id) != name:
@@ -152,19 +181,32 @@ class Scaler:
                     log.warning("worker %s of %s exited during start-up", worker_id, endpoint_id)
                     self.backoff.failed(endpoint_id, now)
 
+    def _host_gpus_held(self, listed: dict[str, list[WorkerHandle]]) -> set[str]:
+        """This host's GPUs that workers hold: every running worker listed by a backend that
+        takes its GPUs from this host (`places_gpus` False), of any endpoint, and every running
+        worker still stopping (it holds its devices until it exits; one that exited holds none)."""
+        workers = [h for name, handles in listed.items() if not self.backends[name].places_gpus
+                   for h in handles]
+        workers += [s.handle for s in self._stopping.values() if s.host_gpus]
+        return {u for h in workers if h.running for u in h.gpu_uuids}
+
     async def _list_all(self) -> dict[str, list[WorkerHandle]]:
+        """Every backend's workers (listed at once), less those being stopped; a backend that
+        cannot list is left out of this tick (its endpoints are not acted on blindly)."""
+        names = list(self.backends)
+        results = await asyncio.gather(*(self.backends[n].list() for n in names), return_exceptions=True)
         listed = {}
-        for name, backend in self.backends.items():
-            try:
-                found = await backend.list()
-            except BackendError as e:
-                log.warning("backend %s could not list workers: %s", name, e)
+        for name, found in zip(names, results):
+            if isinstance(found, BackendError):
+                log.warning("backend %s could not list workers: %s", name, found)
                 continue
+            if isinstance(found, BaseException):
+                raise found
             listed[name] = [h for h in found if h.worker_id not in self._stopping]
         return listed
 
     async def _tick_endpoint(self, endpoint: EndpointConfig, handles: list[WorkerHandle],
-                             zero_requested: bool, now: int) -> None:
+                             zero_requested: bool, now: int, gpus_held: set[str]) -> None:
         backend = self.backends.get(endpoint.backend)
         if backend is None:
             await self.registry.set_status(endpoint.id, EndpointStatus.FAILED,
@@ -200,7 +242,7 @@ class Scaler:
         plan = reconcile(endpoint, desired, pairs, now, self.timing,
                          force_zero=endpoint.paused or (zero_requested and desired == 0))
         await self._report_pending(endpoint, handles, now)
-        problem = await self._act(endpoint, backend, plan, handles, now)
+        problem = await self._act(endpoint, backend, plan, now, gpus_held)
         await self.registry.set_status(endpoint.id, reported_status(plan.status, problem),
                                        problem or plan.reason)
 
@@ -215,8 +257,8 @@ class Scaler:
                     reason=h.pending, seen_at=now, started_at=h.started_at, version=h.version,
                 ))
 
-    async def _act(self, endpoint: EndpointConfig, backend: Backend, plan: Plan,
-                   handles: list[WorkerHandle], now: int) -> str:
+    async def _act(self, endpoint: EndpointConfig, backend: Backend, plan: Plan, now: int,
+                   gpus_held: set[str]) -> str:
         """Carry out the plan; returns why starting failed ('' when it did not)."""
         if plan.status is EndpointStatus.RUNNING:
             self.backoff.healthy(endpoint.id)
@@ -229,11 +271,11 @@ class Scaler:
                     self._stop(backend, handle, why)
                     self.tally.decision(endpoint.id, stop_action(why))
                 case Start(count=count):
-                    problem = await self._start(endpoint, backend, count, handles, now) or problem
+                    problem = await self._start(endpoint, backend, count, now, gpus_held) or problem
         return problem
 
-    async def _start(self, endpoint: EndpointConfig, backend: Backend, count: int,
-                     handles: list[WorkerHandle], now: int) -> str:
+    async def _start(self, endpoint: EndpointConfig, backend: Backend, count: int, now: int,
+                     gpus_held: set[str]) -> str:
         """Start up to `count` new workers of `endpoint`; returns why one could not start ('' when all did).
 
         Devices are assigned one worker after another (so no two get the same GPU), then the
@@ -247,7 +289,7 @@ class Scaler:
         template = await self.registry.get_template(endpoint.template_id)
         if template is None:
             return f"template {endpoint.template_id!r} no longer exists; point the endpoint at another"
-        specs, no_gpu = await self._specs(endpoint, backend, template, count, handles)
+        specs, no_gpu = await self._specs(endpoint, backend, template, count, gpus_held)
         results = await start_concurrently(backend, specs, START_CONCURRENCY)
         for result in results:
             if isinstance(result, WorkerHandle):
@@ -262,21 +304,21 @@ class Scaler:
         return failures[0] if failures else no_gpu
 
     async def _specs(self, endpoint: EndpointConfig, backend: Backend, template: Template, count: int,
-                     handles: list[WorkerHandle]) -> tuple[list[WorkerSpec], str]:
+                     gpus_held: set[str]) -> tuple[list[WorkerSpec], str]:
         """Specs for up to `count` new workers, and why there are fewer ('' when there are not).
 
-        GPUs are assigned in turn, each worker's devices added to those in use before the next
-        is assigned; the first worker this host has no free GPU for ends the list (gpus.NoGpu).
+        GPUs are assigned in turn, each worker's devices added to `gpus_held` (this host's
+        devices in use, shared by the endpoints ticking now) before anything is awaited; the
+        first worker this host has no free GPU for ends the list (gpus.NoGpu).
         """
-        in_use = [u for h in handles for u in h.gpu_uuids]
         specs: list[WorkerSpec] = []
         for _ in range(count):
             try:
                 # a cluster engine picks nodes and devices itself; else they come from this host
-                devices = [] if backend.places_gpus else gpus.assign(endpoint, self.inventory(), in_use)
+                devices = [] if backend.places_gpus else gpus.assign(endpoint, self.inventory(), gpus_held)
             except gpus.NoGpu as e:
                 return specs, str(e)
-            in_use += devices
+            gpus_held.update(devices)
             specs.append(await self._spec(endpoint, template, devices, backend.places_gpus))
         return specs, ""
 
@@ -318,7 +360,7 @@ class Scaler:
             return
         log.info("stopping worker %s of %s: %s", handle.worker_id, handle.endpoint_id, reason)
         task = asyncio.create_task(self._stop_and_forget(backend, handle))
-        self._stopping[handle.worker_id] = task
+        self._stopping[handle.worker_id] = Stopping(handle, not backend.places_gpus, task)
 
     async def _stop_and_forget(self, backend: Backend, handle: WorkerHandle) -> None:
         try:

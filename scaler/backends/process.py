@@ -69,8 +69,11 @@ class ProcessBackend:
             cwd = private_dir(self.log_dir, spec.worker_id, env)
         log = open(self.log_dir / f"{spec.worker_id}.log", "ab")
         try:
-            proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+            # in a thread: fork + exec of a large process blocks for milliseconds, and the
+            # scaler starts several workers (of several endpoints) at once
+            proc = await asyncio.to_thread(
+                subprocess.Popen, command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
         except OSError as e:
             raise BackendError(f"could not start {command[0]!r} for worker {spec.worker_id}: {e}") from e
         finally:

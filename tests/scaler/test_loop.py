@@ -15,7 +15,9 @@ import pytest
 from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
 from scaler.backends.process import ProcessBackend
 from scaler.loop import Scaler
-from serverless.model import EndpointConfig, EndpointStatus, RunRequest, ScalerType, Status, Template
+from serverless.model import (
+    EndpointConfig, EndpointStatus, GpuInfo, RunRequest, ScalerType, Status, Template,
+)
 from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore
@@ -374,3 +376,114 @@ async def test_endpoint_execution_timeout_applies_to_jobs_without_a_policy(env, 
         rec = await store.submit(endpoint.id, job(5))
         done = await store.wait(rec.id, 20)
     assert done.status is Status.TIMED_OUT and "executionTimeout of 300 ms" in done.error
+
+
+async def test_endpoints_are_ticked_concurrently(env, store, scaler_settings, tmp_path) -> None:
+    registry, _ = env
+    for name in ("one", "two"):
+        await make_endpoint(registry, id=f"ep-{name}", name=name, workers_min=1)
+    backend = GatedBackend(scaler_settings.redis_url, str(tmp_path), together=2)
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    await scaler.leader.release()
+    assert (backend.calls, backend.peak) == (2, 2)  # the second endpoint's start did not wait
+    assert sorted(h.endpoint_id for h in await backend.list()) == ["ep-one", "ep-two"]
+
+
+class BrokenFor(ProcessBackend):
+    """The real process backend, with a bug (not a BackendError) in starts for one endpoint."""
+
+    def __init__(self, redis_url: str, log_dir: str, broken: str) -> None:
+        super().__init__(redis_url, log_dir=log_dir)
+        self.broken = broken
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        if spec.endpoint_id == self.broken:
+            raise RuntimeError("a bug in the backend")
+        return await super().start(spec)
+
+
+async def test_one_endpoints_failed_tick_stops_no_other(env, store, scaler_settings, tmp_path) -> None:
+    registry, _ = env
+    await make_endpoint(registry, id="ep-bad", name="a-bad", workers_min=1)  # ticked first
+    await make_endpoint(registry, id="ep-good", name="b-good", workers_min=1)
+    backend = BrokenFor(scaler_settings.redis_url, str(tmp_path), broken="ep-bad")
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    await scaler.leader.release()
+    assert [h.endpoint_id for h in await backend.list()] == ["ep-good"]
+
+
+def fake_gpus(n: int) -> list[GpuInfo]:
+    """A host's GPUs as NVML would list them (the scaler's inventory is its NVML boundary)."""
+    return [GpuInfo(index=i, name="NVIDIA H100 80GB HBM3", uuid=f"GPU-fake-{i}") for i in range(n)]
+
+
+async def test_endpoints_on_one_host_never_share_a_gpu(env, store, scaler_settings) -> None:
+    registry, backend = env
+    for name in ("a", "b", "c"):
+        await make_endpoint(registry, id=f"ep-{name}", name=name, workers_min=1, gpu_count=1)
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1",
+                    inventory=lambda: fake_gpus(2))
+    await scaler.tick()
+    await scaler.leader.release()
+    handles = await backend.list()
+    assert sorted(u for h in handles for u in h.gpu_uuids) == ["GPU-fake-0", "GPU-fake-1"]
+    assert len({h.endpoint_id for h in handles}) == 2
+    [left] = {"ep-a", "ep-b", "ep-c"} - {h.endpoint_id for h in handles}
+    e = await registry.get_endpoint(left)
+    assert e.status is EndpointStatus.FAILED and "0 free match" in e.status_reason
+
+
+async def test_a_draining_worker_keeps_its_gpu_until_it_exits(env, store, scaler_settings) -> None:
+    registry, backend = env
+    first = await make_endpoint(registry, id="ep-first", name="first", workers_min=1, gpu_count=1)
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1", tick_s=0.1,
+                    inventory=lambda: fake_gpus(1))
+    async with running(scaler):
+        await until(lambda: _eq(count(backend), 1))
+        busy = await store.submit(first.id, job(1.5))
+        await until(lambda: _status_is(store, busy.id, Status.IN_PROGRESS))
+        await registry.put_endpoint(msgspec.structs.replace(first, paused=True))  # drains its job
+        second = await make_endpoint(registry, id="ep-second", name="second", workers_min=1, gpu_count=1)
+        await until(lambda: _endpoint_status_is(registry, second.id, EndpointStatus.FAILED))
+        assert [h.endpoint_id for h in await backend.list()] == ["ep-first"]  # still draining
+        assert (await store.wait(busy.id, 20)).status is Status.COMPLETED
+        await until(lambda: _endpoint_status_is(registry, second.id, EndpointStatus.INITIALIZING,
+                                                EndpointStatus.RUNNING))
+    [handle] = await backend.list()
+    assert (handle.endpoint_id, handle.gpu_uuids) == ("ep-second", ["GPU-fake-0"])
+
+
+async def _status_is(store: JobStore, job_id: str, status: Status) -> bool:
+    record = await store.get(job_id)
+    return record is not None and record.status is status
+
+
+async def _endpoint_status_is(registry: Registry, endpoint_id: str, *statuses: EndpointStatus) -> bool:
+    return (await registry.get_endpoint(endpoint_id)).status in statuses
+
+
+class ListingFails(ProcessBackend):
+    """The real process backend whose engine cannot list its workers (an API outage)."""
+
+    starts = 0
+
+    async def list(self) -> list[WorkerHandle]:
+        raise BackendError("engine unreachable (the test)")
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        self.starts += 1
+        return await super().start(spec)
+
+
+async def test_an_endpoint_whose_backend_cannot_list_is_left_alone(env, store, scaler_settings,
+                                                                    tmp_path) -> None:
+    registry, _ = env
+    endpoint = await make_endpoint(registry, workers_min=2)
+    backend = ListingFails(scaler_settings.redis_url, log_dir=str(tmp_path))
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    await scaler.leader.release()
+    assert backend.starts == 0  # its workers may exist: none is started blind
+    assert (await registry.get_endpoint(endpoint.id)).status is not EndpointStatus.FAILED
