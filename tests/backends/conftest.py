@@ -10,6 +10,8 @@ elsewhere it skips and says so.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -76,6 +78,42 @@ def kubernetes_cluster() -> KubernetesCluster:
 def docker_backend(docker_engine: DockerEngine) -> DockerBackend:  # noqa: F811
     """A DockerBackend on the test engine, whose default image runs the host's Python."""
     return DockerBackend(docker_engine.options())
+
+
+DockerBackends = Callable[..., DockerBackend]
+
+
+@asynccontextmanager
+async def docker_backends(engine: DockerEngine, endpoint: str,
+                          then: Callable[[], object] = lambda: None) -> AsyncIterator[DockerBackends]:
+    """Make DockerBackends on `engine` (`make(**DockerOptions changes)`) for the block.
+
+    Args:
+        engine: the session's Docker engine.
+        endpoint: the endpoint under test.
+        then: what else goes once the endpoint's containers are gone and before the backends
+            close (the endpoint's volume, which its containers mount).
+
+    Returns:
+        A context whose value is the factory. On exit a fresh backend removes the endpoint's
+        containers, `then()` runs, and every backend made is closed.
+    """
+    made: list[DockerBackend] = []
+
+    def make(**changes: object) -> DockerBackend:
+        made.append(DockerBackend(engine.options(**changes)))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        cleaner = make()
+        for handle in await cleaner.list():
+            if handle.endpoint_id == endpoint:
+                await cleaner.stop(handle, 0)
+        then()
+        for backend in made:
+            await backend.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiodocker
 import msgspec
@@ -28,6 +28,7 @@ from scaler.logs_cli import format_lines, main as logs_main, read_logs
 from serverless.model import RunRequest, Status
 from serverless.settings import Settings
 from serverless.store import JobStore
+from tests.backends.conftest import DockerBackends, docker_backends
 from tests.backends.docker_engine import IMAGE, DockerEngine, say
 from tests.worker.conftest import HANDLERS, wait_for_worker
 
@@ -134,21 +135,10 @@ def test_podq_logs_without_an_engine_exits_with_the_fix(tmp_path) -> None:
 
 
 @pytest.fixture
-async def backends(docker_engine: DockerEngine, endpoint: str) -> AsyncIterator[Callable[..., DockerBackend]]:
+async def backends(docker_engine: DockerEngine, endpoint: str) -> AsyncIterator[DockerBackends]:
     """Makes DockerBackends on the session's engine; removes the endpoint's containers after."""
-    made: list[DockerBackend] = []
-
-    def make(**changes: object) -> DockerBackend:
-        made.append(DockerBackend(docker_engine.options(**changes)))
-        return made[-1]
-
-    yield make
-    cleaner = make()
-    for handle in await cleaner.list():
-        if handle.endpoint_id == endpoint:
-            await cleaner.stop(handle, 0)
-    for backend in made:
-        await backend.close()
+    async with docker_backends(docker_engine, endpoint) as make:
+        yield make
 
 
 async def inspect(engine: DockerEngine, ref: str) -> dict:

@@ -8,16 +8,17 @@ import asyncio
 import json
 import logging
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
 import pytest
 
 from scaler.backends.base import LABEL_ENDPOINT, BackendError, container_settings, refuse_volume_and_ports
-from scaler.backends.docker import DockerBackend, DockerOptions, container_config
+from scaler.backends.docker import DockerOptions, container_config
 from scaler.backends.docker_template import disk_limit_refusal, volume_name
 from serverless.model import Template
+from tests.backends.conftest import DockerBackends, docker_backends
 from tests.backends.docker_engine import DockerEngine, api
 from tests.backends.test_docker import inspect, make_spec
 
@@ -84,22 +85,13 @@ NET = "podq-settings-net"
 
 
 @pytest.fixture
-async def backends(docker_engine: DockerEngine, endpoint: str) -> AsyncIterator[Callable[..., DockerBackend]]:
+async def backends(docker_engine: DockerEngine, endpoint: str) -> AsyncIterator[DockerBackends]:
     """DockerBackends on the session's engine; the endpoint's containers and volume go after."""
-    made: list[DockerBackend] = []
+    def remove_volume() -> None:
+        api(docker_engine.socket_path, "DELETE", f"/volumes/{volume_name(endpoint)}?force=1")
 
-    def make(**changes: object) -> DockerBackend:
-        made.append(DockerBackend(docker_engine.options(**changes)))
-        return made[-1]
-
-    yield make
-    cleaner = make()
-    for handle in await cleaner.list():
-        if handle.endpoint_id == endpoint:
-            await cleaner.stop(handle, 0)
-    api(docker_engine.socket_path, "DELETE", f"/volumes/{volume_name(endpoint)}?force=1")
-    for backend in made:
-        await backend.close()
+    async with docker_backends(docker_engine, endpoint, then=remove_volume) as make:
+        yield make
 
 
 async def _volume(engine: DockerEngine, name: str) -> dict[str, Any]:

@@ -9,12 +9,8 @@ openai_routes.py (chunk -> SSE bytes, output -> body) have table tests at the en
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -22,15 +18,13 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from serverless.gateway import GatewayOptions
 from serverless.gateway.openai_routes import DONE, JOB_HEADER, ends_stream, reply_of, sse_of_chunk
 from serverless.model import Status
 from serverless.redis_server import RedisProcess
-from serverless.settings import Settings
-from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
+from tests.example_workers import EXAMPLES, ExampleWorker, client_gateway, serving, wait_cancelled
+from tests.gateway.conftest import ThreadedGateway
 
-ROOT = Path(__file__).resolve().parents[2]
-HANDLER = ROOT / "examples" / "openai" / "handler.py"
+HANDLER = EXAMPLES / "openai" / "handler.py"
 CLIENT_KEY = "openai-client-key"  # an ordinary (non-admin) key, as a RunPod user holds
 ENDPOINT = "openai-echo"
 MODEL = "podq-echo"
@@ -39,29 +33,16 @@ PROMPT = "the quick brown fox jumps over the lazy dog"
 
 @pytest.fixture(scope="module")
 def gateway(redis_server: RedisProcess) -> Iterator[ThreadedGateway]:
-    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300)
-    options = GatewayOptions(admin_key=ADMIN_KEY, api_keys=(CLIENT_KEY,))
-    with ThreadedGateway(settings, options) as gateway:
+    with client_gateway(redis_server.url, CLIENT_KEY) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="module")
-def worker(
-        gateway: ThreadedGateway, redis_server: RedisProcess) -> Iterator[subprocess.Popen[bytes]]:
+def worker(gateway: ThreadedGateway) -> Iterator[subprocess.Popen[bytes]]:
     """`podq worker` on the example handler; words come 20 ms apart, as a model's tokens."""
-    env = {**os.environ, "PODQ_LEASE_MS": "2000", "PODQ_HEARTBEAT_MS": "300",
-           "PODQ_ECHO_DELAY_S": "0.02", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "worker", str(HANDLER), "--endpoint", ENDPOINT,
-           "--redis", redis_server.url, "--worker-id", "openai-w0"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not gateway.run(gateway.store.workers(ENDPOINT)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker never registered"
-        time.sleep(0.05)
-    yield proc
-    proc.kill()
-    proc.wait(timeout=10)
+    echo = ExampleWorker(ENDPOINT, "openai-w0", {"PODQ_ECHO_DELAY_S": "0.02"})
+    with serving(gateway, HANDLER, echo) as procs:
+        yield procs[0]
 
 
 @pytest.fixture
@@ -175,10 +156,7 @@ def test_a_stream_the_client_closes_early_cancels_its_job(
         for i, _ in enumerate(response.parse()):
             if i == 3:
                 break
-    deadline = time.monotonic() + 10
-    while (record := gateway.run(gateway.store.get(job_id))).status is not Status.CANCELLED:
-        assert time.monotonic() < deadline, f"job still {record.status} after the client left"
-        time.sleep(0.05)
+    wait_cancelled(gateway, job_id)
 
 
 def test_every_answer_names_its_job(client: OpenAI, gateway: ThreadedGateway) -> None:

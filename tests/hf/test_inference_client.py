@@ -8,12 +8,7 @@ at the end."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -21,15 +16,13 @@ import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import GenerationError, HfHubHTTPError
 
-from serverless.gateway import GatewayOptions
 from serverless.gateway.hf_routes import JOB_HEADER, body_of, error_event
 from serverless.model import Status
 from serverless.redis_server import RedisProcess
-from serverless.settings import Settings
-from tests.gateway.conftest import ADMIN_KEY, ThreadedGateway
+from tests.example_workers import EXAMPLES, ExampleWorker, client_gateway, serving, wait_cancelled
+from tests.gateway.conftest import ThreadedGateway
 
-ROOT = Path(__file__).resolve().parents[2]
-HANDLER = ROOT / "examples" / "hf" / "handler.py"
+HANDLER = EXAMPLES / "hf" / "handler.py"
 CLIENT_KEY = "hf-client-key"
 GEN, CLS = "hf-gen", "hf-cls"
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -37,33 +30,19 @@ PROMPT = "the quick brown fox jumps over the lazy dog"
 
 @pytest.fixture(scope="module")
 def gateway(redis_server: RedisProcess) -> Iterator[ThreadedGateway]:
-    settings = Settings(redis_url=redis_server.url, lease_ms=2_000, heartbeat_ms=300)
-    options = GatewayOptions(admin_key=ADMIN_KEY, api_keys=(CLIENT_KEY,))
-    with ThreadedGateway(settings, options) as gateway:
+    with client_gateway(redis_server.url, CLIENT_KEY) as gateway:
         yield gateway
 
 
-def _worker(redis_url: str, endpoint: str, task: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PODQ_LEASE_MS": "2000", "PODQ_HEARTBEAT_MS": "300", "HF_TASK": task,
-           "HF_MODEL_ID": "podq/echo-model", "PODQ_ECHO_DELAY_S": "0.02", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "worker", str(HANDLER), "--endpoint", endpoint,
-           "--redis", redis_url, "--worker-id", f"{endpoint}-w0"]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _worker(endpoint: str, task: str) -> ExampleWorker:
+    env = {"HF_TASK": task, "HF_MODEL_ID": "podq/echo-model", "PODQ_ECHO_DELAY_S": "0.02"}
+    return ExampleWorker(endpoint, f"{endpoint}-w0", env)
 
 
 @pytest.fixture(scope="module")
-def workers(gateway: ThreadedGateway, redis_server: RedisProcess) -> Iterator[None]:
-    procs = [_worker(redis_server.url, GEN, "text-generation"),
-             _worker(redis_server.url, CLS, "text-classification")]
-    deadline = time.monotonic() + 20
-    for endpoint, proc in zip((GEN, CLS), procs):
-        while not gateway.run(gateway.store.workers(endpoint)):
-            assert proc.poll() is None and time.monotonic() < deadline, "a worker never registered"
-            time.sleep(0.05)
-    yield
-    for proc in procs:
-        proc.kill()
-        proc.wait(timeout=10)
+def workers(gateway: ThreadedGateway) -> Iterator[None]:
+    with serving(gateway, HANDLER, _worker(GEN, "text-generation"), _worker(CLS, "text-classification")):
+        yield
 
 
 @pytest.fixture
@@ -169,10 +148,7 @@ def test_a_stream_the_client_closes_early_cancels_its_job(gateway: ThreadedGatew
         for i, _ in enumerate(response.iter_lines()):
             if i == 6:
                 break
-    deadline = time.monotonic() + 10
-    while (record := gateway.run(gateway.store.get(job_id))).status is not Status.CANCELLED:
-        assert time.monotonic() < deadline, f"job still {record.status} after the client left"
-        time.sleep(0.05)
+    wait_cancelled(gateway, job_id)
 
 
 # ---- the pure parts ------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
+from scaler.backends.base import WorkerHandle
 from scaler.backends.process import ProcessBackend, _environ
 from scaler.loop import Scaler
 from serverless.gateway.auth import list_keys
@@ -101,13 +103,7 @@ async def test_a_worker_stuck_on_a_cancelled_sync_job_is_recycled_after_the_grac
 ) -> None:
     run, backend = scaled
     async with run(endpoint, kind="sync"):
-        first = (await until(lambda: _live(backend, endpoint), 15, "a worker"))[0]
-        job_id = await submit(client, endpoint, {"sleep": 60})
-
-        async def running():
-            return (await status(client, endpoint, job_id))["status"] == "IN_PROGRESS"
-
-        await until(running, 30, "the job to start")
+        first, job_id = await _started(backend, client, endpoint, {"sleep": 60})
         await client.post(f"/v2/{endpoint}/cancel/{job_id}")
         # the sync handler cannot be stopped; after runpod_stop_grace_ms (3 s) it is replaced
         await until(lambda: _gone(backend, endpoint, first.worker_id), 30, "the stuck worker recycled")
@@ -121,13 +117,7 @@ async def test_killing_only_the_main_process_leaves_no_pinging_orphan(
 ) -> None:
     run, backend = scaled
     async with run(endpoint, kind="async"):
-        first = (await until(lambda: _live(backend, endpoint), 15, "a worker"))[0]
-        job_id = await submit(client, endpoint, {"sleep": 3, "output": "rescued"})
-
-        async def running():
-            return (await status(client, endpoint, job_id))["status"] == "IN_PROGRESS"
-
-        await until(running, 30, "the job to start")
+        first, job_id = await _started(backend, client, endpoint, {"sleep": 3, "output": "rescued"})
         pid = int(first.ref)
         children = [p for p in _pids() if _group(p) == pid and p != pid]
         assert children, "the SDK's ping child should be in the worker's group"
@@ -135,6 +125,19 @@ async def test_killing_only_the_main_process_leaves_no_pinging_orphan(
         await until(lambda: not [p for p in _pids() if _group(p) == pid], 20, "the orphaned group killed")
         body = await finished(client, endpoint, job_id, timeout_s=60)
         assert body["status"] == "COMPLETED" and body["workerId"] != first.worker_id
+
+
+async def _started(backend: ProcessBackend, client: httpx.AsyncClient, endpoint: str,
+                   payload: object) -> tuple[WorkerHandle, str]:
+    """The endpoint's first live worker, and the id of a job of `payload` once it is IN_PROGRESS."""
+    first = (await until(lambda: _live(backend, endpoint), 15, "a worker"))[0]
+    job_id = await submit(client, endpoint, payload)
+
+    async def running() -> bool:
+        return (await status(client, endpoint, job_id))["status"] == "IN_PROGRESS"
+
+    await until(running, 30, "the job to start")
+    return first, job_id
 
 
 async def _gone(backend: ProcessBackend, endpoint: str, worker_id: str) -> bool:
