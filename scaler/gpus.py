@@ -79,8 +79,7 @@ def assign(endpoint: EndpointConfig, inventory: list[GpuInfo], in_use: Iterable[
             "but this host has no GPU (NVML found none); set gpu_ids to ANY or gpu_count to 0 "
             "to run on CPU, or run the scaler on a GPU host"
         )
-    taken = set(in_use)
-    free = [g for g in inventory if g.uuid not in taken and matches(g, names)]
+    free = _free(inventory, names, in_use)
     if len(free) < endpoint.gpu_count:
         have = ", ".join(sorted({g.name for g in inventory})) or "none"
         raise NoGpu(
@@ -88,3 +87,16 @@ def assign(endpoint: EndpointConfig, inventory: list[GpuInfo], in_use: Iterable[
             f"{endpoint.gpu_ids}; {len(free)} free match (this host has: {have})"
         )
     return [g.uuid for g in free[: endpoint.gpu_count]]
+
+
+def room(endpoint: EndpointConfig, inventory: list[GpuInfo], in_use: Iterable[str]) -> int | None:
+    """How many more workers of `endpoint` the free devices can take; None when devices do not
+    bound it (a CPU worker: gpu_count 0, or ANY on a host without GPUs)."""
+    if endpoint.gpu_count == 0 or not inventory:
+        return None
+    return len(_free(inventory, wanted_names(endpoint.gpu_ids), in_use)) // endpoint.gpu_count
+
+
+def _free(inventory: list[GpuInfo], names: list[str] | None, in_use: Iterable[str]) -> list[GpuInfo]:
+    taken = set(in_use)
+    return [g for g in inventory if g.uuid not in taken and matches(g, names)]

@@ -239,12 +239,19 @@ class Scaler:
         desired = desired_workers(observed, endpoint)
         self.tally.desired(endpoint.id, desired)
         pairs = [(h, beats.get(h.worker_id)) for h in handles]
+        draining = sum(1 for s in self._stopping.values() if s.handle.endpoint_id == endpoint.id)
         plan = reconcile(endpoint, desired, pairs, now, self.timing,
-                         force_zero=endpoint.paused or (zero_requested and desired == 0))
+                         force_zero=endpoint.paused or (zero_requested and desired == 0),
+                         room=self._room(endpoint, backend, gpus_held), draining=draining)
         await self._report_pending(endpoint, handles, now)
         problem = await self._act(endpoint, backend, plan, now, gpus_held)
         await self.registry.set_status(endpoint.id, reported_status(plan.status, problem),
                                        problem or plan.reason)
+
+    def _room(self, endpoint: EndpointConfig, backend: Backend, gpus_held: set[str]) -> int | None:
+        """How many more workers of `endpoint` this host's free GPUs can take now (gpus.room);
+        None for an engine that places GPUs itself."""
+        return None if backend.places_gpus else gpus.room(endpoint, self.inventory(), gpus_held)
 
     async def _report_pending(self, endpoint: EndpointConfig, handles: list[WorkerHandle], now: int) -> None:
         """A worker the engine has not placed has no heartbeat of its own: the scaler writes one

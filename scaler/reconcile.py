@@ -13,6 +13,11 @@ and its heartbeat in Redis (is it ready, idle or running, since when). Rules:
   a stopped worker drains its in-flight jobs first, so none is dropped); until then the
   endpoint is `updating` (and `updateFailed` when the new version cannot start: see
   `reported_status`);
+- when the host has no room for a new-version worker beside the old ones (`room`: no free GPU),
+  the update replaces them in place, one at a time, as a Deployment with maxSurge 0 and
+  maxUnavailable 1: an old worker is stopped only when nothing can start (no room), none of the
+  endpoint's workers is draining and every new one started so far is ready, so at most one
+  worker's worth of capacity is missing at any time;
 - above the target, only workers idle for idle_timeout are stopped, longest idle first;
   when the target is 0 because the endpoint is paused or scaled to zero, all are stopped.
 """
@@ -99,8 +104,16 @@ def reconcile(
     now: int,
     timing: Timing,
     force_zero: bool = False,
+    room: int | None = None,
+    draining: int = 0,
 ) -> Plan:
-    """The actions that move `workers` toward `desired`, and the endpoint's status."""
+    """The actions that move `workers` toward `desired`, and the endpoint's status.
+
+    Args:
+        room: how many more workers of the endpoint the host can place now (free GPUs), or
+            None when that is not bounded here (CPU workers, a cluster engine that places them).
+        draining: the endpoint's workers still stopping (not in `workers`).
+    """
     states = [(h, b, health(h, b, now, timing)) for h, b in workers]
     actions: list[Action] = [
         Stop(h, f"worker is {s.value}" + (f": {h.problem}" if h.problem else ""))
@@ -120,14 +133,29 @@ def reconcile(
         pending_reason([h for h, _, s in current if s is Health.PENDING]),
         problem_reason([h for h, _, s in current if s is Health.STARTING and h.problem])]))
     missing = max(0, min(desired, endpoint.workers_max) - len(current))
-    if missing:
-        actions.append(Start(missing))
     ready = [x for x in current if x[2] in (Health.IDLE, Health.RUNNING)]
     rolling = bool(old) and len(ready) < desired  # old workers serve until new ones are ready
+    if rolling and room is not None and missing > room:
+        # no place beside the old workers: replace them in place, one at a time
+        missing = room
+        waiting = "; ".join(filter(None, [waiting, (
+            f"no free GPU to start version {endpoint.version} beside the old workers: "
+            "replacing them one at a time")]))
+        if room == 0 and not draining and len(ready) == len(current):
+            victim = min(old, key=_replace_first)[0]
+            actions.append(Stop(victim, f"rolled to version {endpoint.version} in place (no free GPU beside it)"))
+    if missing:
+        actions.append(Start(missing))
     if old and not rolling:
         actions += [Stop(h, f"rolled to version {endpoint.version}") for h, _, _ in old]
     actions += _idle_stops(endpoint, current, desired, now)
     return Plan(actions, _status(endpoint, alive, desired, rolling), waiting)
+
+
+def _replace_first(worker: tuple[WorkerHandle, WorkerBeat | None, Health]) -> tuple[int, int]:
+    """Which old worker makes room first: an idle one before a busy one, then the oldest."""
+    handle, _, state = worker
+    return (0 if state is not Health.RUNNING else 1, handle.started_at)
 
 
 def pending_reason(pending: list[WorkerHandle]) -> str:

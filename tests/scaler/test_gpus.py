@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.gpus import NoGpu, assign, same_model
+from scaler.gpus import NoGpu, assign, room, same_model
 from serverless.model import EndpointConfig, GpuInfo
 from serverless.registry import GPU_POOLS
 
@@ -34,6 +34,23 @@ def test_cpu_host() -> None:
     assert assign(ep("AMPERE_24", gpu_count=0), [], []) == []  # gpu_count 0 is a CPU worker
     with pytest.raises(NoGpu, match="this host has no GPU"):
         assign(ep("HOPPER_141"), [], [])
+
+
+@pytest.mark.parametrize("endpoint, inventory, in_use, expected", [
+    (ep("ANY"), H200, [], 2),
+    (ep("ANY", 2), H200, [], 1),
+    (ep("ANY"), H200, ["GPU-h1"], 1),
+    (ep("ANY"), H200, ["GPU-h0", "GPU-h1"], 0),
+    (ep("ANY", 2), H200, ["GPU-h0"], 0),
+    (ep("AMPERE_80"), MIXED, [], 1),  # only the A100 matches
+    (ep("AMPERE_80"), MIXED, ["GPU-b"], 0),
+    (ep("HOPPER_141"), MIXED, [], 0),
+    (ep("ANY"), [], [], None),  # a CPU worker: devices do not bound it
+    (ep("AMPERE_24", gpu_count=0), H200, [], None),
+])
+def test_room_counts_workers_the_free_matching_devices_can_take(endpoint, inventory, in_use,
+                                                                expected) -> None:
+    assert room(endpoint, inventory, in_use) == expected
 
 
 # Real device names: NVML's (nvidia-smi --query-gpu=name) and the nvidia.com/gpu.product labels

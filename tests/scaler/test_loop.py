@@ -487,3 +487,31 @@ async def test_an_endpoint_whose_backend_cannot_list_is_left_alone(env, store, s
     await scaler.leader.release()
     assert backend.starts == 0  # its workers may exist: none is started blind
     assert (await registry.get_endpoint(endpoint.id)).status is not EndpointStatus.FAILED
+
+
+async def test_update_on_a_host_without_a_spare_gpu_replaces_workers_in_place(env, store,
+                                                                              scaler_settings) -> None:
+    """One GPU, one worker: version 2 cannot start beside version 1, so the old worker drains
+    (its job completes) and the new one starts on the GPU it frees."""
+    registry, backend = env
+    endpoint = await make_endpoint(registry, workers_min=1, gpu_count=1)
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1", tick_s=0.1,
+                    inventory=lambda: fake_gpus(1))
+    async with running(scaler):
+        await until(lambda: _eq(count(backend), 1))
+        long_job = await store.submit(endpoint.id, job(1.0))
+        await until(lambda: _status(store, long_job.id, Status.IN_PROGRESS))
+        await registry.put_endpoint(msgspec.structs.replace(endpoint, version=2))
+        e = await until(lambda: _endpoint_if(registry, endpoint.id, EndpointStatus.UPDATING))
+        assert "no free GPU" in e.status_reason
+        done = await store.wait(long_job.id, 20)
+        assert done.status is Status.COMPLETED and msgspec.json.decode(done.output)["version"] == "1"
+        after = await store.submit(endpoint.id, job())
+        assert msgspec.json.decode((await store.wait(after.id, 20)).output)["version"] == "2"
+    [handle] = [h for h in await backend.list() if h.running]
+    assert (handle.version, handle.gpu_uuids) == (2, ["GPU-fake-0"])
+
+
+async def _endpoint_if(registry: Registry, endpoint_id: str, status: EndpointStatus) -> EndpointConfig | None:
+    e = await registry.get_endpoint(endpoint_id)
+    return e if e.status is status else None

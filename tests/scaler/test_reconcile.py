@@ -163,3 +163,37 @@ def test_a_placed_worker_that_cannot_start_is_named_in_the_reason_and_a_dead_one
     ended = msgspec.structs.replace(stuck, running=False, problem="OOMKilled (exit code 137)")
     [stop] = [a for a in reconcile(ep(), 1, [(ended, None)], NOW, T).actions if isinstance(a, Stop)]
     assert stop.reason == "worker is dead: OOMKilled (exit code 137)"
+
+
+def test_update_with_room_starts_new_workers_beside_the_old() -> None:
+    plan = reconcile(ep(version=2), 1, [w("old")], NOW, T, room=1)
+    assert started(plan) == 1 and stopped(plan) == [] and plan.status is EndpointStatus.UPDATING
+
+
+def test_update_without_room_replaces_in_place_idle_first() -> None:
+    workers = [w("busy", "running", age_s=500), w("idle", age_s=100)]
+    plan = reconcile(ep(version=2), 2, workers, NOW, T, room=0)
+    assert started(plan) == 0 and stopped(plan) == ["idle"]
+    assert plan.status is EndpointStatus.UPDATING and "no free GPU" in plan.reason
+    [stop] = [a for a in plan.actions if isinstance(a, Stop)]
+    assert stop.reason.startswith("rolled to version 2")  # counted as a rolling update
+
+
+def test_update_in_place_waits_while_one_drains_or_a_new_one_starts() -> None:
+    old = [w("a", age_s=500), w("b", age_s=100)]
+    plan = reconcile(ep(version=2), 2, old, NOW, T, room=0, draining=1)
+    assert started(plan) == 0 and stopped(plan) == []  # the first has not exited yet
+    plan = reconcile(ep(version=2), 2, [w("b")], NOW, T, room=1)
+    assert started(plan) == 1 and stopped(plan) == []  # its GPU is free: start, stop nothing
+    new = w("n", None, version=2, age_s=1)
+    plan = reconcile(ep(version=2), 2, [w("b"), new], NOW, T, room=0)
+    assert started(plan) == 0 and stopped(plan) == []  # the new one is not ready yet
+    plan = reconcile(ep(version=2), 2, [w("b"), w("n", version=2)], NOW, T, room=0)
+    assert stopped(plan) == ["b"]  # now the next old one makes room
+
+
+def test_room_does_not_limit_a_fresh_endpoint_or_a_finished_update() -> None:
+    plan = reconcile(ep(), 2, [], NOW, T, room=0)
+    assert started(plan) == 2  # not rolling: the start fails and says why (no free GPU)
+    plan = reconcile(ep(version=2), 1, [w("old"), w("n", version=2)], NOW, T, room=0)
+    assert stopped(plan) == ["old"] and plan.status is EndpointStatus.RUNNING
