@@ -101,6 +101,9 @@ REGISTRY_TEMPLATES = "podq:registry:templates"
 REGISTRY_STATUS = "podq:registry:status"
 REGISTRY_ZERO = "podq:registry:scale-to-zero"
 REGISTRY_WEBHOOKS = "podq:registry:webhooks"
+# endpoint id -> its execution_timeout_ms: take (serverless/lua/take.lua) reads it inside Redis for
+# a job without a timeout of its own, so a change applies to the next job without new workers
+REGISTRY_TIMEOUTS = "podq:registry:execution-timeouts"
 SCALER_LEADER = "podq:scaler:leader"
 WEBHOOKS = "podq:webhooks"
 DONE_PATTERN = DONE.format("*")
@@ -272,4 +275,5 @@ def lua_header() -> str:
     lines.append(f"local ENDPOINTS = '{ENDPOINTS}'")
     lines.append(f"local WEBHOOKS = '{WEBHOOKS}'")
     lines.append(f"local ENDPOINT_WEBHOOKS = '{REGISTRY_WEBHOOKS}'")
+    lines.append(f"local ENDPOINT_TIMEOUTS = '{REGISTRY_TIMEOUTS}'")
     return "\n".join(lines) + "\n"

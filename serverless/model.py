@@ -24,6 +24,8 @@ class Status(StrEnum):
 # Declared once, beside the statuses (runpod-python keeps two lists that disagree on CANCELLED).
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
 RETRYABLE_STATUSES = frozenset({Status.FAILED, Status.TIMED_OUT})
+# the longest executionTimeout and ttl (RunPod caps both at 7 days), per job or per endpoint
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
 
 class Policy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

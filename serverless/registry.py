@@ -25,7 +25,9 @@ from redis.asyncio import Redis
 
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.model import EndpointConfig, EndpointStatus, ScalerType, Template, WorkerProtocol
+from serverless.model import (
+    MAX_DURATION_MS, EndpointConfig, EndpointStatus, ScalerType, Template, WorkerProtocol,
+)
 from serverless.rates import parse_rates
 
 endpoint_decoder = msgspec.json.Decoder(EndpointConfig)
@@ -159,9 +161,14 @@ def check_endpoint(e: EndpointConfig, template: Template | None) -> None:
         raise BadRequest("flashboot is not available: podq has no warm paused workers yet; keep "
                          "workers warm with workers_min (always running) or a longer idle_timeout "
                          "(seconds an idle worker stays), and set flashboot to false")
-    for name in ("workers_min", "workers_max", "idle_timeout", "gpu_count", "execution_timeout_ms"):
+    for name in ("workers_min", "workers_max", "idle_timeout", "gpu_count"):
         if getattr(e, name) < 0:
             raise BadRequest(f"{name} is {getattr(e, name)}; it cannot be negative")
+    if not 1 <= e.execution_timeout_ms <= MAX_DURATION_MS:
+        raise BadRequest(
+            f"execution_timeout_ms is {e.execution_timeout_ms}; use 1..{MAX_DURATION_MS} "
+            "(7 days; RunPod's default is 600000). podq has no disabled timeout: 0 would end every "
+            "job at once, so for a long-running endpoint set the 7-day maximum")
     for name in ("cpus", "memory_gb"):
         if getattr(e, name) < 0:
             raise BadRequest(f"{name} is {getattr(e, name)}; use 0 (no limit) or more")
@@ -277,6 +284,7 @@ class Registry:
                 pipe.hset(keys.REGISTRY_WEBHOOKS, endpoint.id, endpoint.webhook)
             else:
                 pipe.hdel(keys.REGISTRY_WEBHOOKS, endpoint.id)
+            pipe.hset(keys.REGISTRY_TIMEOUTS, endpoint.id, endpoint.execution_timeout_ms)
             await pipe.execute()
         return endpoint  # its status lives apart (set_status)
 
@@ -317,6 +325,7 @@ class Registry:
         # (the jobs themselves expire by their own retention)
         await self.redis.hdel(keys.REGISTRY_STATUS, endpoint_id)
         await self.redis.hdel(keys.REGISTRY_WEBHOOKS, endpoint_id)
+        await self.redis.hdel(keys.REGISTRY_TIMEOUTS, endpoint_id)
         await self.redis.delete(keys.logs(endpoint_id), keys.RECENT.format(endpoint_id))
 
     async def set_status(self, endpoint_id: str, status: EndpointStatus, reason: str = "") -> None:

@@ -401,3 +401,25 @@ async def test_take_many_past_a_thousand_slots(store: JobStore, endpoint: str) -
     attempts = {t.id: t.attempt for t in taken}
     assert await store.renew(endpoint, attempts) == []
     assert {t.id for t in taken} == {r.id for r in records}
+
+
+async def test_a_job_without_its_own_timeout_takes_its_endpoints_current_one(store: JobStore) -> None:
+    from serverless.model import EndpointConfig, Template
+    from serverless.registry import Registry
+
+    registry = Registry(store.redis)
+    await registry.put_template(Template(id="t-timeout", name="t", handler="h.py"))
+    endpoint = await registry.put_endpoint(EndpointConfig(
+        id="ep-timeout", name="timeout", template_id="t-timeout", execution_timeout_ms=1_234))
+
+    async def taken_timeout(**policy: int) -> int | None:
+        request = RunRequest(input=msgspec.Raw(b"{}"), policy=Policy(**policy) if policy else None)
+        await store.submit(endpoint.id, request)
+        return (await store.take(endpoint.id, "w1")).execution_timeout_ms
+
+    assert await taken_timeout() == 1_234
+    await registry.put_endpoint(msgspec.structs.replace(endpoint, execution_timeout_ms=5_678))
+    assert await taken_timeout() == 5_678  # the change applies to the next job, no new worker
+    assert await taken_timeout(executionTimeout=9_000) == 9_000  # the job's own policy wins
+    await registry.delete_endpoint(endpoint.id)
+    assert await taken_timeout() is None  # in no registry: the worker's own setting applies

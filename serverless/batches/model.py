@@ -14,6 +14,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Raw
 
+from serverless.model import MAX_DURATION_MS
+
 # how many of a batch's inputs may be queued or running at once (per batch)
 DEFAULT_MAX_IN_FLIGHT = 512
 MAX_IN_FLIGHT_CAP = 10_000
@@ -79,7 +81,7 @@ class BatchBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: str | None = None  # jsonl | csv; None: from the URL's suffix (.csv), else jsonl
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=MAX_IN_FLIGHT_CAP)] = DEFAULT_MAX_IN_FLIGHT
     low_priority: bool = True
-    execution_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600 * 1000)] | None = None
+    execution_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_DURATION_MS)] | None = None
 
 
 class BatchList(msgspec.Struct):

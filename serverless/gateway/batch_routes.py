@@ -37,6 +37,7 @@ from serverless.gateway.limits import decode_body, read_body
 from serverless.gateway.openapi import Param, Route
 from serverless.gateway.query_params import query_flag
 from serverless.gateway.replies import encode
+from serverless.model import MAX_DURATION_MS
 from serverless.store import now_ms
 
 BATCH = "/v1/batches/{batch_id}"
@@ -133,7 +134,7 @@ async def _create_from_upload(request: web.Request) -> web.Response:
     await _known(request, endpoint)
     fmt = intake.check_format(request.query.get("format", "jsonl"))
     max_in_flight = _int_param(request, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, 1, MAX_IN_FLIGHT_CAP)
-    timeout = _int_param(request, "execution_timeout_ms", None, 1, 7 * 24 * 3600 * 1000)
+    timeout = _int_param(request, "execution_timeout_ms", None, 1, MAX_DURATION_MS)
     meta = intake.new_meta(intake.new_batch_id(), endpoint, fmt, now_ms(), source="upload",
                            max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                            low_priority=query_flag(request.query, "low_priority", True),
@@ -238,7 +239,7 @@ _UPLOAD = (
     Param("format", "query", "upload: jsonl (default) or csv"),
     Param("max_in_flight", "query", "upload: inputs queued or running at once", "integer", (1, MAX_IN_FLIGHT_CAP)),
     Param("low_priority", "query", "upload: queue the jobs as lowPriority (default true)", "boolean"),
-    Param("execution_timeout_ms", "query", "upload: each job's executionTimeout", "integer", (1, 7 * 24 * 3600 * 1000)),
+    Param("execution_timeout_ms", "query", "upload: each job's executionTimeout", "integer", (1, MAX_DURATION_MS)),
 )
 _STATUS = (Param("status", "query", "only the lines of this status: " + ", ".join(RESULT_STATUSES)),)
 

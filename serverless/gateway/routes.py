@@ -18,15 +18,14 @@ from serverless.errors import BadRequest, NotFound
 from serverless.gateway import sse, state, webhooks
 from serverless.gateway.limits import decode_body, read_body
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamItem, StreamReply, encode
-from serverless.model import TERMINAL_STATUSES, JobRecord, Policy, RunRequest
+from serverless.model import MAX_DURATION_MS, TERMINAL_STATUSES, JobRecord, Policy, RunRequest
 from serverless.store import JobStore, now_ms
 
 # /runsync ?wait= in ms (RunPod: default 90 s, 1 s to 5 min)
 WAIT_DEFAULT_MS = 90_000
 WAIT_MIN_MS = 1_000
 WAIT_MAX_MS = 300_000
-# policy durations (RunPod caps both at 7 days)
-POLICY_MAX_MS = 7 * 24 * 3600 * 1000
+POLICY_MAX_MS = MAX_DURATION_MS  # policy.executionTimeout and policy.ttl
 
 
 def _reply(value: msgspec.Struct) -> web.Response:

@@ -7,13 +7,16 @@
 --       ms), count, and for a RunPod-protocol worker the endpoint's executionTimeout ms (podq
 --       enforces it: the SDK never does), used when the job has none of its own
 -- Times and counts go to Redis as strings: Redis formats a Lua number with printf("%.17g").
--- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first.
+-- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first;
+-- a job without an executionTimeout of its own gets its endpoint's from the registry
+-- (ENDPOINT_TIMEOUTS, read at most once per call; '' for an endpoint in no registry, and the
+-- worker applies its own setting), so a changed endpoint applies to the next job taken.
 -- A job's first try (tries 0: submitted or retried, not requeued after a lost lease) counts its
 -- wait since submission in the endpoint's delay histogram (/metrics).
 
 -- Lease one popped job to the worker. f: its fields, as take reads them (below); delays: the
 -- delay observations of this take (_metrics.lua tally)
-local function lease(id, jobkey, f, ARGV, remote, leases, delays)
+local function lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeout)
   local now, worker = ARGV[2], ARGV[4]
   if (f[5] or '0') == '0' and f[2] then
     tally(delays, DELAY_MS, DELAY_LE, tonumber(now) - tonumber(f[2]))
@@ -35,7 +38,7 @@ local function lease(id, jobkey, f, ARGV, remote, leases, delays)
   if f[10] or f[11] then redis.call('HDEL', jobkey, 'output', 'error') end
   leases[#leases + 1] = ARGV[3]
   leases[#leases + 1] = id
-  return {id, attempt, f[6], f[7] or '', f[8] or '', f[9] or ''}
+  return {id, attempt, f[6], f[7] or (remote and '' or endpoint_timeout()), f[8] or '', f[9] or ''}
 end
 
 -- its ttl ran out while it waited, or it is a stale entry (record expired or moved): dropped
@@ -51,6 +54,11 @@ register('take', function(KEYS, ARGV)
   -- for a RunPod-protocol worker: deadline/id pairs for the deadlines zset, ids for its held set
   local remote = KEYS[3] ~= nil and {deadlines = {}, ids = {}} or nil
   local taken, skipped, leases, delays = {}, 0, {}, {}
+  local timeout
+  local function endpoint_timeout()
+    if timeout == nil then timeout = redis.call('HGET', ENDPOINT_TIMEOUTS, ep) or '' end
+    return timeout
+  end
   while #taken < count and skipped < 64 do
     local want = count - #taken
     local popped = redis.call('ZPOPMIN', KEYS[1], want)
@@ -61,7 +69,7 @@ register('take', function(KEYS, ARGV)
                            'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
                            'error')
       if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
-        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases, delays)
+        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeout)
       else
         skip(ep, id, jobkey, f, ARGV)
         skipped = skipped + 1

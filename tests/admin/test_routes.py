@@ -169,6 +169,15 @@ async def test_create_endpoint_with_its_own_id_and_settings(
     ({"scaler_type": "FASTEST"}, "unknown scaler_type 'FASTEST'; use QUEUE_DELAY or REQUEST_COUNT"),
     ({"idle_timeout": -1}, "idle_timeout is -1; it cannot be negative"),
     ({"scaler_value": 0}, "scaler_value is 0.0; it must be above 0"),
+    ({"execution_timeout_ms": 0}, "execution_timeout_ms is 0; use 1..604800000 (7 days; RunPod's "
+                                  "default is 600000). podq has no disabled timeout: 0 would end "
+                                  "every job at once, so for a long-running endpoint set the 7-day "
+                                  "maximum"),
+    ({"execution_timeout_ms": 604_800_001}, "execution_timeout_ms is 604800001; use "
+                                            "1..604800000 (7 days; RunPod's default is 600000). "
+                                            "podq has no disabled timeout: 0 would end every job "
+                                            "at once, so for a long-running endpoint set the "
+                                            "7-day maximum"),
     ({"template_id": "tpl-nope"},
      "template 'tpl-nope' does not exist; create it first (create_template)"),
     ({"gpu_ids": "AMPERE_99"}, "unknown GPU pool 'AMPERE_99' in gpu_ids; use ANY, a GPU name or "
