@@ -54,6 +54,18 @@ START_CONCURRENCY = 8
 ENDPOINT_CONCURRENCY = 16
 
 
+def worker_drain_s(grace_s: float) -> float:
+    """How long a worker the scaler stops lets its jobs run before it hands the rest back.
+
+    The engine kills it `grace_s` after SIGTERM (Docker's stop timeout, a pod's grace period,
+    the process backend's), so the worker gets the scaler's grace less a margin (1 s, or half
+    a shorter grace) in which to hand its unfinished jobs back to the queue: a job handed back
+    runs again at once and keeps its attempt; one killed mid-run waits out its lease and
+    counts as a failed attempt.
+    """
+    return max(0.0, grace_s - min(1.0, grace_s / 2))
+
+
 class Backoff:
     """Crash-loop protection per endpoint: each quick death doubles the wait before a start."""
 
@@ -340,7 +352,8 @@ class Scaler:
             version=endpoint.version, redis_url=self.settings.redis_dsn, image=template.image_name,
             command=shlex.split(template.docker_start_cmd) if template.docker_start_cmd else [],
             handler=template.handler, gpu_uuids=gpu_uuids, gpu_count=gpu_count, gpu_names=gpu_names,
-            env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms)},
+            env={**template.env, "PODQ_EXECUTION_TIMEOUT_MS": str(endpoint.execution_timeout_ms),
+                 "PODQ_GRACE_PERIOD_S": str(worker_drain_s(self.settings.grace_period_s))},
             labels=dict(endpoint.labels), protocol=template.protocol.value,
             cpus=endpoint.cpus, memory_mb=round(endpoint.memory_gb * 1024),
             **container_settings(template),

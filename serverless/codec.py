@@ -19,7 +19,7 @@ beat_decoder = msgspec.json.Decoder(WorkerBeat)
 any_decoder = msgspec.json.Decoder()
 
 _INT_FIELDS = (
-    "attempt", "tries", "submitted_at", "started_at", "finished_at",
+    "attempt", "tries", "max_attempts", "submitted_at", "started_at", "finished_at",
     "execution_timeout_ms", "ttl_ms", "retention_ms",
 )
 _STR_FIELDS = ("id", "endpoint", "error", "worker_id", "webhook")

@@ -58,6 +58,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     worker_id: str | None = None
     attempt: int = 0  # fencing token: +1 on every take, never reset
     tries: int = 0  # takes since submission or the last retry; bounded by max_attempts
+    # the submitter's PODQ_MAX_ATTEMPTS, so every process that requeues the job applies one limit
+    # (0: a job stored before it was kept; the reaper's own setting applies)
+    max_attempts: int = 0
     submitted_at: int = 0
     started_at: int | None = None
     finished_at: int | None = None

@@ -126,6 +126,7 @@ class JobStore:
             webhook=request.webhook,
             s3_config=None if request.s3Config is msgspec.UNSET else request.s3Config,
             retention_ms=s.result_ttl_sync_ms if sync else s.result_ttl_run_ms,
+            max_attempts=s.max_attempts,
         )
 
     async def submit(

@@ -85,6 +85,18 @@ async def test_lease_loss_after_last_attempt_fails_with_clear_error(store: JobSt
     assert (await store.health(endpoint)).jobs.retried == 2
 
 
+async def test_the_submitters_max_attempts_holds_whoever_reaps(store: JobStore, endpoint: str) -> None:
+    """A gateway set to 1 attempt submits; a reaper set to 5 (a worker with the default, or a
+    container that never got the operator's setting) still fails the job after one."""
+    submitter = JobStore(store.redis, msgspec.structs.replace(store.settings, max_attempts=1))
+    reaper = JobStore(store.redis, msgspec.structs.replace(store.settings, max_attempts=5))
+    rec = await submitter.submit(endpoint, req())
+    assert await reaper.take(endpoint, "w") is not None
+    assert await reaper.reap(endpoint, now=first_deadline_passed()) == (0, 1)
+    final = await store.get(rec.id)
+    assert final.status is Status.FAILED and "worker lost during attempt 1" in final.error
+
+
 async def test_renew_keeps_lease_and_reports_lost(store: JobStore, endpoint: str) -> None:
     a = await store.submit(endpoint, req())
     b = await store.submit(endpoint, req())

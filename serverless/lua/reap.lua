@@ -3,7 +3,8 @@
 -- end TIMED_OUT (their worker hears it on job-stop). Idempotent: any worker, gateway or
 -- scaler may run it.
 -- KEYS[1] leases zset, KEYS[2] deadlines zset
--- ARGV: endpoint, now, max attempts, error format (%d = tries), limit,
+-- ARGV: endpoint, now, max attempts (for a job that does not carry its own: the submitter's
+--       PODQ_MAX_ATTEMPTS, kept on the job), error format (%d = tries), limit,
 --       timeout error format (%d = executionTimeout ms)
 -- Returns {requeued, failed, timed_out}
 register('reap', function(KEYS, ARGV)
@@ -12,10 +13,12 @@ register('reap', function(KEYS, ARGV)
   local requeued, failed = 0, 0
   for _, id in ipairs(ids) do
     local jobkey = K_job(id)
-    local f = redis.call('HMGET', jobkey, 'status', 'tries')
+    local f = redis.call('HMGET', jobkey, 'status', 'tries', 'max_attempts')
+    local limit = tonumber(f[3] or '0')
+    if limit == 0 then limit = max_attempts end
     if f[1] ~= 'IN_PROGRESS' then
       redis.call('ZREM', KEYS[1], id)
-    elseif tonumber(f[2] or '0') < max_attempts then
+    elseif tonumber(f[2] or '0') < limit then
       local job = job_read(jobkey)
       clear_attempt(jobkey)
       move(ep, id, jobkey, job, 'IN_QUEUE', now, true)

@@ -14,7 +14,7 @@ import pytest
 
 from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
 from scaler.backends.process import ProcessBackend
-from scaler.loop import Scaler
+from scaler.loop import Scaler, worker_drain_s
 from serverless.model import (
     EndpointConfig, EndpointStatus, GpuInfo, RunRequest, ScalerType, Status, Template,
 )
@@ -515,3 +515,38 @@ async def test_update_on_a_host_without_a_spare_gpu_replaces_workers_in_place(en
 async def _endpoint_if(registry: Registry, endpoint_id: str, status: EndpointStatus) -> EndpointConfig | None:
     e = await registry.get_endpoint(endpoint_id)
     return e if e.status is status else None
+
+
+@pytest.mark.parametrize("grace, drain", [(25, 24), (3, 2), (1, 0.5), (0.4, 0.2), (0, 0)])
+def test_a_worker_drains_for_the_scalers_grace_less_a_hand_back_margin(grace, drain) -> None:
+    assert worker_drain_s(grace) == pytest.approx(drain)
+
+
+class Recording(ProcessBackend):
+    """The real process backend, keeping the specs it was asked to start."""
+
+    def __init__(self, redis_url: str, log_dir: str) -> None:
+        super().__init__(redis_url, log_dir=log_dir)
+        self.specs: list[WorkerSpec] = []
+
+    async def start(self, spec: WorkerSpec) -> WorkerHandle:
+        self.specs.append(spec)
+        return await super().start(spec)
+
+
+async def test_workers_get_the_scalers_grace_and_the_endpoints_timeout(env, store, scaler_settings,
+                                                                         tmp_path) -> None:
+    """A container does not inherit the scaler's environment: what the worker must agree on with
+    the scaler travels in its spec (the template's env cannot override the grace)."""
+    registry, _ = env
+    template = await registry.put_template(Template(
+        id="t-env", name="t", handler=str(HANDLERS / "work.py"), env={"PODQ_GRACE_PERIOD_S": "600"}))
+    await registry.put_endpoint(EndpointConfig(id="ep-env", name="env", template_id=template.id,
+                                               workers_min=1, execution_timeout_ms=4_000))
+    backend = Recording(scaler_settings.redis_url, str(tmp_path))
+    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1")
+    await scaler.tick()
+    await scaler.leader.release()
+    [spec] = backend.specs
+    assert scaler_settings.grace_period_s == 3
+    assert (spec.env["PODQ_GRACE_PERIOD_S"], spec.env["PODQ_EXECUTION_TIMEOUT_MS"]) == ("2.0", "4000")
