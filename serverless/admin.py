@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import msgspec
 
+from serverless import runpod_unsupported as unsupported
 from serverless.client import protocol
 from serverless.errors import EndpointFailed, EndpointTimeout, PodqError
 from serverless.model import EndpointStatus
@@ -243,6 +244,14 @@ class ManagedEndpoint(dict[str, Any]):
 # ---- RunPod's admin functions ------------------------------------------------------------
 
 
+def _refuse_unsupported(**given: tuple[str | None, str]) -> None:
+    """Raise ValueError for a RunPod argument podq cannot apply that asks for something (the
+    same reasons GraphQL's saveEndpoint / saveTemplate give); None or "" ask for nothing."""
+    for name, (value, why) in given.items():
+        if value:
+            raise ValueError(unsupported.refusal(name, value, why))
+
+
 def create_template(
     name: str,
     image_name: str | None,
@@ -268,13 +277,14 @@ def create_template(
         ports: RunPod's "8888/http,22/tcp" form.
         env: environment variables of every worker (values become strings).
         is_serverless: kept as given (RunPod's flag).
-        registry_auth_id: ignored (podq pulls with the Docker host's own credentials).
+        registry_auth_id: must be None or "": podq keeps no registry credentials (ValueError
+            otherwise; log the worker hosts' Docker engine in instead).
         handler: the handler file (process backend: a host path; docker: a path in the image).
 
     Returns:
         The template record; its id is `result["id"]`.
     """
-    del registry_auth_id  # accepted for RunPod compatibility
+    _refuse_unsupported(registry_auth_id=(registry_auth_id, unsupported.REGISTRY_AUTH))
     fields = {
         "name": name, "image_name": image_name or "", "docker_start_cmd": docker_start_cmd,
         "handler": handler, "env": {str(k): str(v) for k, v in (env or {}).items()},
@@ -328,8 +338,9 @@ def create_endpoint(
         name: a readable name.
         template_id: the template its workers run.
         gpu_ids: "ANY", or RunPod GPU pool ids / GPU names, comma-separated ("AMPERE_24,L4").
-        network_volume_id: ignored (podq has no network volumes; see the template's volumes).
-        locations: ignored (one cluster).
+        network_volume_id: must be None or "": podq has no network volumes (ValueError
+            otherwise; see the template's volumes).
+        locations: must be None or "": podq places workers on its own backend.
         idle_timeout: seconds a worker above workers_min may stay idle before it is stopped.
         scaler_type: QUEUE_DELAY (scaler_value = seconds a job may wait) or REQUEST_COUNT
             (scaler_value = jobs per worker).
@@ -338,7 +349,7 @@ def create_endpoint(
         workers_max: the most workers at once.
         flashboot: must be False: podq has no warm paused workers, and True is refused (400);
             keep workers warm with workers_min or a longer idle_timeout.
-        allowed_cuda_versions: ignored.
+        allowed_cuda_versions: must be None or "": the worker image decides.
         gpu_count: GPUs per worker.
         update_if_exists: when an endpoint with this `id` (if given) or else this name exists,
             update it with the arguments given instead of creating another (RunPod SDK's flag).
@@ -350,7 +361,9 @@ def create_endpoint(
     Returns:
         The endpoint: a dict (`result["id"]`) with lifecycle methods (wait, pause, ...).
     """
-    del network_volume_id, locations, allowed_cuda_versions  # accepted for RunPod scripts
+    _refuse_unsupported(network_volume_id=(network_volume_id, unsupported.NETWORK_VOLUMES),
+                        locations=(locations, unsupported.LOCATIONS),
+                        allowed_cuda_versions=(allowed_cuda_versions, unsupported.CUDA_VERSIONS))
     fields = {
         "name": name, "template_id": template_id, "gpu_ids": gpu_ids, "gpu_count": gpu_count,
         "idle_timeout": idle_timeout, "scaler_type": scaler_type, "scaler_value": scaler_value,

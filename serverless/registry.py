@@ -87,6 +87,12 @@ def check_template(t: Template) -> None:
             f"template {t.name!r} has protocol 'runpod' and a handler: a RunPod worker runs its "
             "image's own CMD (or docker_start_cmd) unchanged; drop `handler`"
         )
+    if t.protocol is WorkerProtocol.PODQ and t.handler and t.docker_start_cmd:
+        raise BadRequest(
+            f"template {t.name!r} sets both handler and docker_start_cmd: the command replaces "
+            "`python -m worker <handler>`, so the handler would never run; drop one (a command "
+            "that starts a podq worker names its handler itself)"
+        )
     for name in ("container_disk_in_gb", "volume_in_gb"):
         if getattr(t, name) < 0:
             raise BadRequest(f"{name} of template {t.name!r} is {getattr(t, name)}; use 0 or more")

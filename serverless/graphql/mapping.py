@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from serverless import runpod_unsupported as unsupported
 from serverless.errors import BadRequest
 from serverless.model import EndpointConfig, Template
 from serverless.registry import GPU_POOLS
@@ -83,18 +84,15 @@ ENDPOINT_IN: dict[str, tuple[str, Converter]] = {
 }
 
 # RunPod settings podq cannot apply: (the value that asks for nothing, why, what to do instead)
-_NO_VOLUMES = "podq has no network volumes; mount storage through the template's image or the backend"
 TEMPLATE_REFUSED: dict[str, tuple[Any, str]] = {
-    "containerRegistryAuthId": ("", "podq keeps no registry credentials; log the worker hosts' "
-                                    "Docker engine in (docker login) or use a Kubernetes pull secret"),
+    "containerRegistryAuthId": ("", unsupported.REGISTRY_AUTH),
     "isPublic": (False, "podq templates are private to this installation"),
     "readme": ("", "podq templates carry no readme"),
 }
 ENDPOINT_REFUSED: dict[str, tuple[Any, str]] = {
-    "networkVolumeId": ("", _NO_VOLUMES),
-    "locations": ("", "podq places workers on its own backend (process, docker, swarm, "
-                      "kubernetes), not in RunPod data centers"),
-    "allowedCudaVersions": ("", "podq does not pick hosts by CUDA version; the worker image decides"),
+    "networkVolumeId": ("", unsupported.NETWORK_VOLUMES),
+    "locations": ("", unsupported.LOCATIONS),
+    "allowedCudaVersions": ("", unsupported.CUDA_VERSIONS),
 }
 # accepted and without effect, as on RunPod's own serverless workers: startSsh only matters for
 # pods, and the `runpod` package sends `startSsh: true` with every template
@@ -103,7 +101,7 @@ TEMPLATE_IGNORED = frozenset({"startSsh"})
 
 def _refuse(field: str, value: Any, empty: Any, why: str) -> None:
     shown = "an empty string" if empty == "" else str(empty).lower()
-    raise BadRequest(f"{field} {value!r} cannot be applied: {why}; leave {field} out or set it to {shown}")
+    raise BadRequest(unsupported.refusal(field, value, why, shown))
 
 
 def _changes(

@@ -32,7 +32,7 @@ def test_create_template_takes_runpods_arguments(live: LiveGateway) -> None:
     template = serverless.create_template(
         "sd", "me/sd:1", docker_start_cmd="python -u handler.py", container_disk_in_gb=20,
         volume_in_gb=20, volume_mount_path="/models", ports="8888/http, 22/tcp",
-        env={"MODEL": "sd15", "STEPS": 30}, is_serverless=True, registry_auth_id="ignored",
+        env={"MODEL": "sd15", "STEPS": 30}, is_serverless=True, registry_auth_id="",
     )
     assert template["id"].startswith("tpl-")
     assert {k: template[k] for k in ("image_name", "volume_in_gb", "ports", "env")} == {
@@ -46,9 +46,9 @@ def test_create_template_takes_runpods_arguments(live: LiveGateway) -> None:
 def test_create_endpoint_returns_a_dict_with_runpods_fields(live: LiveGateway) -> None:
     template = echo_template()
     endpoint = serverless.create_endpoint(
-        "echo", template["id"], gpu_ids="AMPERE_24", network_volume_id="vol-1", locations="US",
+        "echo", template["id"], gpu_ids="AMPERE_24", network_volume_id=None, locations="",
         idle_timeout=10, scaler_type="REQUEST_COUNT", scaler_value=2, workers_min=1,
-        workers_max=4, flashboot=False, allowed_cuda_versions="12.1", gpu_count=2,
+        workers_max=4, flashboot=False, allowed_cuda_versions=None, gpu_count=2,
         id="ep-echo", labels={"team": "a"}, backend="docker",
     )
     assert isinstance(endpoint, dict) and endpoint["id"] == endpoint.id == "ep-echo"
@@ -58,6 +58,24 @@ def test_create_endpoint_returns_a_dict_with_runpods_fields(live: LiveGateway) -
     assert endpoint.status == "pending"
     assert serverless.get_endpoints() == [endpoint]
     assert serverless.get_endpoint("ep-echo") == endpoint
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: serverless.create_endpoint("x", t, network_volume_id="vol-1"),
+     "network_volume_id 'vol-1' cannot be applied: podq has no network volumes"),
+    (lambda t: serverless.create_endpoint("x", t, locations="US"),
+     "locations 'US' cannot be applied: podq places workers on its own backend"),
+    (lambda t: serverless.create_endpoint("x", t, allowed_cuda_versions="12.1"),
+     "allowed_cuda_versions '12.1' cannot be applied: podq does not pick hosts by CUDA version"),
+    (lambda t: serverless.create_template("x", "me/x:1", registry_auth_id="auth-1"),
+     "registry_auth_id 'auth-1' cannot be applied: podq keeps no registry credentials"),
+])
+def test_runpod_arguments_podq_cannot_apply_are_refused_not_dropped(live: LiveGateway, call,
+                                                                    message) -> None:
+    template = echo_template()
+    with pytest.raises(ValueError, match=message):
+        call(template["id"])
+    assert serverless.get_endpoints() == [] and serverless.get_templates() == [template]
 
 
 def test_update_functions_and_delete(live: LiveGateway) -> None:

@@ -63,6 +63,10 @@ async def test_templates_can_be_listed_fetched_and_deleted(gateway: Gateway) -> 
 @pytest.mark.parametrize("body,message", [
     ({"name": "x"}, "template 'x' runs nothing: give image_name (docker), handler (a handler "
                     "file) or docker_start_cmd"),
+    ({"name": "x", "handler": "h.py", "docker_start_cmd": "python -u other.py"},
+     "template 'x' sets both handler and docker_start_cmd: the command replaces `python -m worker "
+     "<handler>`, so the handler would never run; drop one (a command that starts a podq worker "
+     "names its handler itself)"),
     ({"name": "x", "handler": "h.py", "volume_in_gb": -1},
      "volume_in_gb of template 'x' is -1; use 0 or more"),
     ({"name": "bad/name", "handler": "h.py"},
