@@ -204,7 +204,15 @@ def unapplied(backend: str, t: Template) -> list[str]:
 
 
 def check_backend_fits(e: EndpointConfig, t: Template) -> None:
-    """Refuse an endpoint whose backend cannot apply its template's volume or ports."""
+    """Refuse an endpoint whose backend cannot run its template (the process backend runs a
+    handler file or a command on its own host, never an image) or apply its volume or ports."""
+    if e.backend == "process" and not (t.handler or t.docker_start_cmd):
+        raise BadRequest(
+            f"template {t.name!r} ({t.id}) runs only the image {t.image_name!r}, which the process "
+            f"backend of endpoint {e.name!r} cannot run (it starts a handler file or a command on "
+            "its own host): use backend docker, swarm or kubernetes, or give the template a "
+            "handler or docker_start_cmd"
+        )
     missing = unapplied(e.backend, t)
     if missing:
         able = sorted(b for b, f in BACKEND_FEATURES.items() if set(missing) <= f)

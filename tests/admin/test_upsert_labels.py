@@ -129,13 +129,23 @@ def test_a_backend_applies_the_template_or_the_endpoint_is_refused(
     backend: str, fields: dict, refused: str | None
 ) -> None:
     endpoint = EndpointConfig(id="ep-1", name="sd", template_id="tpl-1", backend=backend)
+    runs = {"docker_start_cmd": "python -u handler.py"} if backend == "process" else {}
     if refused is None:
-        check_backend_fits(endpoint, _template(**fields))
+        check_backend_fits(endpoint, _template(**runs, **fields))
         return
     with pytest.raises(BadRequest, match=(
         f"template 'sd' \\(tpl-1\\) sets {refused}, which the {backend} backend of endpoint 'sd' "
         "cannot apply: use backend docker, or a template without")):
-        check_backend_fits(endpoint, _template(**fields))
+        check_backend_fits(endpoint, _template(**runs, **fields))
+
+
+def test_an_image_only_template_is_refused_on_the_process_backend() -> None:
+    endpoint = EndpointConfig(id="ep-1", name="sd", template_id="tpl-1", backend="process")
+    with pytest.raises(BadRequest, match=(
+            "template 'sd' \\(tpl-1\\) runs only the image 'me/sd:1', which the process backend "
+            "of endpoint 'sd' cannot run")):
+        check_backend_fits(endpoint, _template())
+    check_backend_fits(endpoint, _template(handler="h.py"))  # the image is for container backends
 
 
 def test_flashboot_is_refused_naming_what_to_use_instead() -> None:
