@@ -94,6 +94,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.metrics_public and not self.metrics:
             raise ConfigError("PODQ_METRICS_PUBLIC=true has no effect while PODQ_METRICS=false "
                               "turns /metrics off; unset one of them")
+        if self.s3_endpoint_url and not self.object_store.strip().startswith("s3://"):
+            raise ConfigError(f"PODQ_S3_ENDPOINT_URL={self.s3_endpoint_url!r} has no effect unless "
+                              "PODQ_OBJECT_STORE is s3://bucket[/prefix]: set that too, or unset it "
+                              "to keep files in PODQ_DATA_DIR")
 
     @property
     def runpod_lease_ms(self) -> int:

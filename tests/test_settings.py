@@ -26,3 +26,11 @@ async def test_unreachable_redis_error_names_url_and_fix() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(RedisUnavailable, match=f"Redis not reachable at {url}.*set PODQ_REDIS_URL"):
         await connect(url)
+
+
+def test_an_s3_endpoint_without_an_s3_object_store_is_refused() -> None:
+    with pytest.raises(ConfigError, match="PODQ_S3_ENDPOINT_URL='http://s3:8333' has no effect unless "
+                                          "PODQ_OBJECT_STORE is s3://"):
+        load_settings({"PODQ_S3_ENDPOINT_URL": "http://s3:8333"})
+    both = load_settings({"PODQ_S3_ENDPOINT_URL": "http://s3:8333", "PODQ_OBJECT_STORE": "s3://b/p"})
+    assert (both.object_store, both.s3_endpoint_url) == ("s3://b/p", "http://s3:8333")
