@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from serverless.client import protocol
 from serverless.errors import Conflict, NotFound, PodqError
 from serverless.hf.errors import InferenceEndpointError, InferenceEndpointTimeoutError
 from serverless.hf.mapping import (
-    HFArgs, create_bodies, refuse_unsupported, template_id_of, update_bodies,
+    HFArgs, create_bodies, refuse_unsupported, template_id_of, unapplied_size, update_bodies,
 )
 from serverless.hf.raw import raw_of
 from serverless.model import EndpointConfig, EndpointStatus, Template
@@ -298,6 +299,9 @@ def create_inference_endpoint(
         container_args=container_args, env=env, secrets=secrets, type=type, tags=tags,
         handler=handler, backend=backend)
     template_body, endpoint_body = create_bodies(name, args)
+    note = unapplied_size(accelerator, instance_size, endpoint_body["backend"])
+    if note:
+        warnings.warn(note, stacklevel=2)
     admin, key = _admin(token)
     _refuse_taken(admin, name)
     admin.create_template(template_body)

@@ -102,11 +102,15 @@ def compute(accelerator: str, instance_type: str, instance_size: str, backend: s
         backend: the endpoint's backend; only container backends can limit a CPU worker.
 
     Returns:
-        gpu_ids and gpu_count, and for a CPU on a container backend cpus and memory_gb.
+        gpu_ids and gpu_count, and on a container backend cpus and memory_gb: a CPU size's
+        limits, or none (0) for a GPU, so an update from a CPU to a GPU does not keep the CPU's.
     """
     size = size_of(instance_size)
     if accelerator == "gpu":
-        return {"gpu_ids": gpu_ids_of(instance_type), "gpu_count": size}
+        fields = {"gpu_ids": gpu_ids_of(instance_type), "gpu_count": size}
+        if backend in CONTAINER_BACKENDS:
+            fields |= {"cpus": 0.0, "memory_gb": 0.0}
+        return fields
     if accelerator != "cpu":
         raise BadRequest(f"accelerator {accelerator!r} is not supported; podq runs workers on "
                          f"{' or '.join(ACCELERATORS)} (NVIDIA GPUs)")
@@ -114,6 +118,16 @@ def compute(accelerator: str, instance_type: str, instance_size: str, backend: s
     if backend in CONTAINER_BACKENDS:  # the process backend cannot limit a worker
         fields |= {"cpus": float(size), "memory_gb": float(size * CPU_MEMORY_GB)}
     return fields
+
+
+def unapplied_size(accelerator: str, instance_size: str, backend: str) -> str:
+    """Why a CPU replica's size will not limit its worker ('' when it will): only container
+    backends apply CPU and memory limits (`compute`), and Launch's client warns the same way."""
+    if accelerator != "cpu" or backend in CONTAINER_BACKENDS:
+        return ""
+    return (f"instance_size={instance_size!r} is not applied: the {backend} backend cannot limit a "
+            "worker's CPUs or memory (it is kept as the hf.instance_size label); pass "
+            "backend='docker' (or swarm, kubernetes) to have it applied as container limits")
 
 
 def scaling(min_replica: int, max_replica: int, scale_to_zero_timeout: int | None) -> dict[str, Any]:

@@ -111,3 +111,8 @@ def test_the_public_names_are_sorted_and_importable() -> None:
 
     assert serverless.hf.__all__ == sorted(serverless.hf.__all__)
     assert all(getattr(serverless.hf, name) for name in serverless.hf.__all__)
+
+
+def test_a_cpu_size_the_process_backend_cannot_apply_warns(live: LiveGateway) -> None:
+    with pytest.warns(UserWarning, match="instance_size='x1' is not applied: the process backend"):
+        create("hf-warned")

@@ -9,6 +9,7 @@ import pytest
 
 from serverless.errors import BadRequest
 from serverless.hf.mapping import (
+    unapplied_size,
     HFArgs, access_of, compute, create_bodies, gpu_ids_of, image, joined_env, model_env,
     refuse_unsupported, scaler, scaling, size_of, start_cmd, type_of, update_bodies,
 )
@@ -24,9 +25,11 @@ CPU = HFArgs(repository="gpt2", framework="pytorch", task="text-generation", acc
 @pytest.mark.parametrize("accelerator,instance_type,size,backend,expected", [
     # a GPU instance: its model, xN = N GPUs per replica
     ("gpu", "nvidia-a10g", "x1", "process", {"gpu_ids": "A10G", "gpu_count": 1}),
-    ("gpu", "nvidia-t4", "x4", "docker", {"gpu_ids": "T4", "gpu_count": 4}),
+    ("gpu", "nvidia-t4", "x4", "docker", {"gpu_ids": "T4", "gpu_count": 4, "cpus": 0.0,
+                                         "memory_gb": 0.0}),  # no CPU limits on a GPU
     ("gpu", "nvidia-l4", "x1", "process", {"gpu_ids": "L4", "gpu_count": 1}),
-    ("gpu", "nvidia-l40s", "x8", "kubernetes", {"gpu_ids": "L40S", "gpu_count": 8}),
+    ("gpu", "nvidia-l40s", "x8", "kubernetes", {"gpu_ids": "L40S", "gpu_count": 8, "cpus": 0.0,
+                                               "memory_gb": 0.0}),
     # a pool id where the pool is that one model
     ("gpu", "nvidia-a100", "x2", "process", {"gpu_ids": "AMPERE_80", "gpu_count": 2}),
     ("gpu", "nvidia-h100", "x8", "process", {"gpu_ids": "ADA_80_PRO", "gpu_count": 8}),
@@ -200,3 +203,22 @@ def test_update_refuses_nothing_and_hardware_it_cannot_complete() -> None:
         update_bodies(bare, template, HFArgs(instance_type="nvidia-l4"))
     with pytest.raises(BadRequest, match="scale_to_zero_timeout needs min_replica=0 \\(it is 1\\)"):
         update_bodies(endpoint, template, HFArgs(scale_to_zero_timeout=5))
+
+
+def test_update_from_a_cpu_to_a_gpu_drops_the_cpus_limits() -> None:
+    template_body, endpoint_body = create_bodies("e", msgspec.structs.replace(CPU, backend="docker"))
+    endpoint = msgspec.convert(endpoint_body, EndpointConfig)
+    assert (endpoint.cpus, endpoint.memory_gb) != (0.0, 0.0)  # the CPU size's limits
+    _, patch = update_bodies(endpoint, Template(**template_body),
+                             HFArgs(accelerator="gpu", instance_type="nvidia-l4", instance_size="x1"))
+    assert (patch["gpu_ids"], patch["gpu_count"], patch["cpus"], patch["memory_gb"]) == ("L4", 1, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("accelerator, backend, warned", [
+    ("cpu", "process", True), ("cpu", "docker", False), ("gpu", "process", False),
+])
+def test_a_cpu_size_the_backend_cannot_apply_is_named(accelerator, backend, warned) -> None:
+    note = unapplied_size(accelerator, "x4", backend)
+    assert bool(note) is warned
+    if warned:
+        assert note.startswith("instance_size='x4' is not applied: the process backend cannot limit")
