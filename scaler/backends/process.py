@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
+from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec, refuse_volume_and_ports
 from serverless.process_group import group_of, kill_group, send
 from serverless.store import now_ms
 
@@ -57,6 +57,7 @@ class ProcessBackend:
             )
         if not spec.command and not spec.handler:
             raise BackendError(f"worker {spec.worker_id}: the template has no handler file or command")
+        refuse_volume_and_ports(spec, self.name)
         if spec.cpus or spec.memory_mb:
             raise BackendError(f"worker {spec.worker_id}: the process backend cannot limit cpus or "
                                "memory; use a container backend (docker, swarm, kubernetes)")

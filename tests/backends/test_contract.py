@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scaler.backends.base import WorkerSpec
+from scaler.backends.base import BackendError, WorkerSpec
 from scaler.backends.process import ProcessBackend
 from serverless.model import RunRequest, Status
 from serverless.queue import connect
@@ -146,4 +146,18 @@ async def test_process_backend_lists_what_it_started_before_proc_shows_its_label
                 if h.endpoint_id == endpoint] == []  # another instance cannot see it in /proc
     finally:
         await backend.stop(handle, 0.5)
+    assert [h for h in await backend.list() if h.endpoint_id == endpoint] == []
+
+
+@pytest.mark.parametrize("changes, refused", [
+    ({"volume_gb": 5}, "volume_in_gb"), ({"ports": [8888]}, "ports"),
+    ({"cpus": 2.0}, "cpus or memory"),
+])
+async def test_process_backend_refuses_what_it_cannot_apply(endpoint: str, redis_url: str,
+                                                             tmp_path: Path, changes, refused) -> None:
+    """The registry refuses these endpoints first; a spec built some other way (an endpoint
+    stored before a check existed) is refused at start, never started without them."""
+    backend = ProcessBackend(redis_url, log_dir=str(tmp_path))
+    with pytest.raises(BackendError, match=refused):
+        await backend.start(msgspec.structs.replace(spec(redis_url, endpoint), **changes))
     assert [h for h in await backend.list() if h.endpoint_id == endpoint] == []
