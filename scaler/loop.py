@@ -126,6 +126,7 @@ class Scaler:
             stuck_grace_ms=settings.runpod_stop_grace_ms,
         )
         self.inventory = inventory
+        self._gpus_now: list[GpuInfo] | None = None
         self.leader = Leader(store.redis, self.ident)
         self.backoff = Backoff()
         self._stopping: dict[str, Stopping] = {}
@@ -156,6 +157,7 @@ class Scaler:
         if not await self.leader.hold():
             return
         now = now_ms()
+        self._gpus_now = None  # read again, once, if this tick needs it
         endpoints = await self.registry.endpoints()
         zero = await self.registry.scale_to_zero_requested()
         listed = await self._list_all()
@@ -192,6 +194,12 @@ class Scaler:
                 if now - started_at < QUICK_DEATH_MS:
                     log.warning("worker %s of %s exited during start-up", worker_id, endpoint_id)
                     self.backoff.failed(endpoint_id, now)
+
+    def _gpus(self) -> list[GpuInfo]:
+        """This host's GPUs, read (through NVML: milliseconds per device) once per tick."""
+        if self._gpus_now is None:
+            self._gpus_now = self.inventory()
+        return self._gpus_now
 
     def _host_gpus_held(self, listed: dict[str, list[WorkerHandle]]) -> set[str]:
         """This host's GPUs that workers hold: every running worker listed by a backend that
@@ -263,7 +271,7 @@ class Scaler:
     def _room(self, endpoint: EndpointConfig, backend: Backend, gpus_held: set[str]) -> int | None:
         """How many more workers of `endpoint` this host's free GPUs can take now (gpus.room);
         None for an engine that places GPUs itself."""
-        return None if backend.places_gpus else gpus.room(endpoint, self.inventory(), gpus_held)
+        return None if backend.places_gpus else gpus.room(endpoint, self._gpus(), gpus_held)
 
     async def _report_pending(self, endpoint: EndpointConfig, handles: list[WorkerHandle], now: int) -> None:
         """A worker the engine has not placed has no heartbeat of its own: the scaler writes one
@@ -334,7 +342,7 @@ class Scaler:
         for _ in range(count):
             try:
                 # a cluster engine picks nodes and devices itself; else they come from this host
-                devices = [] if backend.places_gpus else gpus.assign(endpoint, self.inventory(), gpus_held)
+                devices = [] if backend.places_gpus else gpus.assign(endpoint, self._gpus(), gpus_held)
             except gpus.NoGpu as e:
                 return specs, str(e)
             gpus_held.update(devices)
@@ -363,7 +371,7 @@ class Scaler:
             if engine_places:  # the node is not known yet: the first model asked for
                 gpu_label = gpu_names[0] if gpu_names else ""
             else:
-                names = {g.uuid: g.name for g in self.inventory()}
+                names = {g.uuid: g.name for g in self._gpus()}
                 gpu_label = names.get(gpu_uuids[0], "") if gpu_uuids else ""
             env = runpod_protocol.worker_env(
                 self.settings.gateway_url, endpoint.id, worker_id,
