@@ -32,7 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_ms: int = 10_000
     heartbeat_ms: int = 2_000
     # attempts a job gets when its worker dies before it ends FAILED
-    max_attempts: int = 3
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     # SIGTERM: time in-flight jobs get to finish before they are requeued
     grace_period_s: float = 25.0
     result_ttl_run_ms: int = 30 * 60_000

@@ -34,3 +34,8 @@ def test_an_s3_endpoint_without_an_s3_object_store_is_refused() -> None:
         load_settings({"PODQ_S3_ENDPOINT_URL": "http://s3:8333"})
     both = load_settings({"PODQ_S3_ENDPOINT_URL": "http://s3:8333", "PODQ_OBJECT_STORE": "s3://b/p"})
     assert (both.object_store, both.s3_endpoint_url) == ("s3://b/p", "http://s3:8333")
+
+
+def test_max_attempts_below_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="PODQ_MAX_ATTEMPTS has an invalid value .*>= 1"):
+        load_settings({"PODQ_MAX_ATTEMPTS": "0"})

@@ -311,6 +311,22 @@ async def test_retried_job_is_taken_clean_with_its_old_chunks_gone(store: JobSto
     assert got.tries == 1
 
 
+@pytest.mark.parametrize("how", ["lease lost", "handed back on drain"])
+async def test_a_requeued_job_streams_only_its_new_attempts_chunks(store: JobStore, endpoint: str,
+                                                                   how: str) -> None:
+    rec = await store.submit(endpoint, req())
+    first = await store.take(endpoint, "w1")
+    await store.append_chunks(rec.id, first.attempt, [b'"a1-c1"', b'"a1-c2"'])
+    if how == "lease lost":
+        assert await store.reap(endpoint, now=first_deadline_passed()) == (1, 0)
+    else:
+        assert await store.requeue(rec.id, first.attempt)
+    assert await store.read_chunks(rec.id) == []  # nothing of the lost attempt is served
+    again = await store.take(endpoint, "w2")
+    await store.append_chunks(rec.id, again.attempt, [b'"a2-c1"'])
+    assert [bytes(c.output) for c in await store.read_chunks(rec.id)] == [b'"a2-c1"']
+
+
 async def test_requeue_on_drain_does_not_count_a_try(store: JobStore, endpoint: str) -> None:
     rec = await store.submit(endpoint, req())
     t = await store.take(endpoint, "w1")
@@ -372,6 +388,20 @@ async def test_runpod_take_keeps_the_deadline_and_the_hand_off(store: JobStore, 
     assert await store.pop_stops(endpoint, "rp1", 0.1) == [other.id]
     assert await store.redis.zcard(keys.deadlines(endpoint)) == 0
     assert await store.redis.zcard(keys.leases(endpoint)) == 0
+
+
+async def test_a_runpod_job_requeued_after_a_lost_lease_is_no_longer_held(store: JobStore,
+                                                                          endpoint: str) -> None:
+    from serverless import keys
+
+    now = now_ms()
+    rec = await store.submit(endpoint, req())
+    await store.take_for_runpod(endpoint, "rp1", 1, 600_000, now=now)
+    assert await store.redis.smembers(keys.held(endpoint, "rp1")) == {rec.id.encode()}
+    assert await store.reap(endpoint, now=now + store.settings.runpod_lease_ms + 1) == (1, 0)
+    assert (await store.get(rec.id)).status is Status.IN_QUEUE
+    assert await store.redis.smembers(keys.held(endpoint, "rp1")) == set()
+    assert await store.redis.zcard(keys.deadlines(endpoint)) == 0
 
 
 async def test_runpod_job_past_its_execution_timeout_is_reaped_timed_out(

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -37,6 +38,9 @@ log = logging.getLogger("podq.worker")
 STUCK_AFTER_S = 0.5
 
 _current: Worker | None = None
+# the Reporter of the job attempt whose code runs in this context (its task, and the pool threads
+# that inherit the task's context)
+_reporter: ContextVar[Reporter | None] = ContextVar("podq_reporter", default=None)
 
 
 def current() -> Worker | None:
@@ -131,16 +135,23 @@ class Worker:
             active.task.cancel()
 
     def progress(self, job_id: str, data: Any) -> None:
-        """progress_update from a handler: from any thread, ordered before the final result."""
-        active = self.active.get(job_id)
-        if active is None:
+        """progress_update from a handler: from any thread, ordered before the final result.
+
+        It is written as the attempt whose code calls it (the context its task and threads
+        carry), so an older attempt still running here cannot write under a newer one's token.
+        """
+        reporter = _reporter.get()
+        if reporter is None or reporter.job_id != job_id:  # called from outside the job's code
+            active = self.active.get(job_id)
+            reporter = active.reporter if active is not None else None
+        if reporter is None:
             log.warning("progress_update for job %s, which this worker is not running", job_id)
             return
         payload = encode_json(data)
         if threading.get_ident() == self._loop_thread:
-            active.reporter.progress(payload)
+            reporter.progress(payload)
         else:
-            self._loop.call_soon_threadsafe(active.reporter.progress, payload)
+            self._loop.call_soon_threadsafe(reporter.progress, payload)
 
     # ---- taking -------------------------------------------------------------------------
 
@@ -184,13 +195,28 @@ class Worker:
             bell.exception()  # a Redis error is retrieved here; the next take meets it and says so
 
     def _start(self, taken: TakenJob) -> None:
+        stale = self.active.get(taken.id)
+        if stale is not None:
+            # this worker still runs an older attempt: its lease ran out (Redis was away longer
+            # than the lease), the job was requeued and came back here. That attempt's writes
+            # are refused now; stop it so only the new one runs (and is renewed)
+            log.warning("job %s: taken again as attempt %d while attempt %d still ran here "
+                        "(its lease ran out); stopping the old one", taken.id, taken.attempt,
+                        stale.reporter.attempt)
+            self.stop_job(taken.id)
         reporter = Reporter(self.store, taken.id, taken.attempt)
         task = asyncio.create_task(self._run_job(taken, reporter), name=f"job-{taken.id}")
-        self.active[taken.id] = ActiveJob(task, reporter)
-        task.add_done_callback(lambda _: self._job_done(taken.id))
+        active = self.active[taken.id] = ActiveJob(task, reporter)
+        task.add_done_callback(lambda _: self._job_done(taken.id, active))
 
-    def _job_done(self, job_id: str) -> None:
-        self.active.pop(job_id, None)
+    def _attempt_of(self, taken: TakenJob) -> ActiveJob | None:
+        """This attempt's entry in `active` (None once a newer attempt of the job replaced it)."""
+        active = self.active.get(taken.id)
+        return active if active is not None and active.reporter.attempt == taken.attempt else None
+
+    def _job_done(self, job_id: str, done: ActiveJob) -> None:
+        if self.active.get(job_id) is done:  # not a newer attempt of the same job
+            del self.active[job_id]
         if not self.active:
             self.idle_since = now_ms()
         self._slot_free.set()
@@ -201,6 +227,7 @@ class Worker:
         started = time.perf_counter()
         timeout_ms = taken.execution_timeout_ms or self.settings.execution_timeout_ms
         handlers.current_job.set(taken.id)  # this task's context: the pool tags its threads
+        _reporter.set(reporter)  # progress_update from this attempt's code writes as this attempt
         self.deadlines[taken.id] = Deadline(taken.attempt, timeout_ms,
                                             time.monotonic() + timeout_ms / 1000)
         try:
@@ -216,11 +243,11 @@ class Worker:
                 outcome = msgspec.structs.replace(
                     outcome, error=outcome.error + results.STUCK_THREAD_NOTE, refresh=True)
         except asyncio.CancelledError:
-            self.deadlines.pop(taken.id, None)
+            self._forget_deadline(taken)
             await self._after_stop(taken, reporter)
             return
-        self.deadlines.pop(taken.id, None)
-        active = self.active.get(taken.id)
+        self._forget_deadline(taken)
+        active = self._attempt_of(taken)
         if active is not None:
             active.finishing = True
         try:
@@ -234,6 +261,11 @@ class Worker:
                  taken.id, taken.attempt, outcome.status, written)
         if outcome.refresh or self.config.refresh_worker:
             self.request_stop(refresh=True)
+
+    def _forget_deadline(self, taken: TakenJob) -> None:
+        deadline = self.deadlines.get(taken.id)
+        if deadline is not None and deadline.attempt == taken.attempt:
+            del self.deadlines[taken.id]
 
     async def _thread_stuck(self, job_id: str) -> bool:
         """Whether the job's sync code still runs in a pool thread after it timed out."""
@@ -274,7 +306,7 @@ class Worker:
 
     async def _after_stop(self, taken: TakenJob, reporter: Reporter) -> None:
         """The job task was cancelled: by the client, a lost lease, or a drain past grace."""
-        active = self.active.get(taken.id)
+        active = self._attempt_of(taken)
         reporter.abandon()
         if active is not None and active.released:
             ok = await self.store.requeue(taken.id, taken.attempt)
@@ -318,7 +350,8 @@ class Worker:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         for active in list(self.active.values()):
             active.released = True
-            active.task.cancel()
+            if not active.finishing:  # one writing its result is left to finish: its fenced
+                active.task.cancel()  # write is accepted or refused, never cut in half
         if pending:
             await asyncio.wait(pending, timeout=5)
 

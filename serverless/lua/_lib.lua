@@ -45,12 +45,17 @@ end
 
 -- remote: the job's `remote` field as HMGET read it ('1' for a RunPod-protocol worker's job,
 -- the only kind with a deadlines entry; false when absent)
-local function leave(ep, id, status, remote)
+local function leave(ep, id, job)
+  local status = job[STATUS]
   if status == 'IN_QUEUE' then
     redis.call('ZREM', K_queue(ep), id)
   elseif status == 'IN_PROGRESS' then
     redis.call('ZREM', K_leases(ep), id)
-    if remote then redis.call('ZREM', K_deadlines(ep), id) end
+    if job[REMOTE] then
+      redis.call('ZREM', K_deadlines(ep), id)
+      -- no longer held by its RunPod worker, whatever comes next (an end, or the queue again)
+      if job[WORKER] then redis.call('SREM', K_held(ep) .. ':' .. job[WORKER], id) end
+    end
   end
 end
 
@@ -104,8 +109,7 @@ local function ended(ep, id, jobkey, job, status, message)
   if job[STATUS] ~= 'IN_PROGRESS' then return end
   if status == 'CANCELLED' then redis.call('PUBLISH', K_cancel(ep), id) end
   local worker = job[WORKER]
-  if job[REMOTE] == '1' and worker then  -- run by a RunPod-protocol worker
-    redis.call('SREM', K_held(ep) .. ':' .. worker, id)
+  if job[REMOTE] == '1' and worker then  -- run by a RunPod-protocol worker (leave() unheld it)
     if status == 'CANCELLED' or status == 'TIMED_OUT' then
       -- it learns it on its job-stop long-poll (each id once)
       local stops = K_stops(ep) .. ':' .. worker
@@ -115,15 +119,18 @@ local function ended(ep, id, jobkey, job, status, message)
   end
 end
 
--- The job entered the queue (status already written).
--- A job queued again from a terminal status (/retry) counts as submitted once more, so
+-- The job entered the queue (status already written): from a terminal status (/retry), or from
+-- a running attempt that was lost, handed back or released. Chunks an earlier attempt streamed
+-- go (the next attempt streams its own from the start; /stream and SSE would otherwise give the
+-- old attempt's output followed by the new one's).
+-- A job queued again from a terminal status counts as submitted once more, so
 -- submitted - finished is what is queued or running.
 local function queued(ep, id, jobkey, from)
   local score = redis.call('HGET', jobkey, 'score')
   redis.call('ZADD', K_queue(ep), score, id)
   redis.call('PERSIST', jobkey)
+  redis.call('DEL', K_chunks(id))
   if is_terminal(from) then
-    redis.call('DEL', K_chunks(id))
     redis.call('HINCRBY', K_stats(ep), 'submitted', '1')
   end
   ring(ep)
@@ -143,7 +150,7 @@ local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
     if last >= first then redis.call('HSET', jobkey, unpack(sets, first, last)) end
     return
   end
-  leave(ep, id, from, job[REMOTE])
+  leave(ep, id, job)
   if is_terminal(to) then
     redis.call('HSET', jobkey, 'status', to, 'finished_at', now, unpack(sets, first, last))
     if from == 'IN_PROGRESS' and job[STARTED] then  -- it ran: its execution time (/metrics)

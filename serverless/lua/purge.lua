@@ -18,7 +18,8 @@ register('purge', function(KEYS, ARGV)
     if f[1] == 'IN_QUEUE' then
       redis.call('HSET', jobkey, 'status', 'CANCELLED', 'error', ARGV[3], 'finished_at', now)
       redis.call('PEXPIRE', jobkey, f[2])
-      redis.call('PEXPIRE', K_chunks(id), f[2])  -- chunks of an earlier, lost attempt
+      -- chunks go when a job is queued again; one an older podq requeued may still have some
+      redis.call('PEXPIRE', K_chunks(id), f[2])
       if f[3] or hooked then redis.call('RPUSH', WEBHOOKS, id) end
       removed = removed + 1
     end

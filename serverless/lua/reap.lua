@@ -14,8 +14,8 @@ register('reap', function(KEYS, ARGV)
   for _, id in ipairs(ids) do
     local jobkey = K_job(id)
     local f = redis.call('HMGET', jobkey, 'status', 'tries', 'max_attempts')
-    local limit = tonumber(f[3] or '0')
-    if limit == 0 then limit = max_attempts end
+    local limit = tonumber(f[3] or '') or 0  -- absent (an older podq's job) or unreadable: 0
+    if limit < 1 then limit = max_attempts end
     if f[1] ~= 'IN_PROGRESS' then
       redis.call('ZREM', KEYS[1], id)
     elseif tonumber(f[2] or '0') < limit then

@@ -355,3 +355,42 @@ async def test_heartbeat_registers_worker_state_and_no_gpus(store, endpoint, wor
         gate.set()
         await store.wait(rec.id, 5)
     assert await store.workers(endpoint) == []  # deregistered on stop
+
+
+async def test_a_job_taken_again_while_its_old_attempt_runs_here_keeps_only_the_new_one(
+        store, endpoint, worker_factory) -> None:
+    """Redis away longer than a lease: the job is requeued while this worker still runs it, and
+    this worker (a free slot) takes it back. The old attempt is stopped; the new one is the one
+    tracked and renewed, and its result is the job's (before, the old attempt's end dropped the
+    new one from the worker's books, so it went unrenewed and was reaped again and again)."""
+    from serverless.store import now_ms
+
+    calls: list[int] = []
+    first_cancelled, second_running, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(job):
+        calls.append(len(calls) + 1)
+        if len(calls) == 1:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                first_cancelled.set()
+                raise
+        second_running.set()
+        await release.wait()
+        return {"call": len(calls)}
+
+    async with worker_factory(handler, concurrency_modifier=lambda current: 2) as worker:
+        rec = await store.submit(endpoint, req({}))
+        for _ in range(250):
+            if calls:
+                break
+            await asyncio.sleep(0.02)
+        assert await store.reap(endpoint, now=now_ms() + 60_000) == (1, 0)  # its lease "ran out"
+        await asyncio.wait_for(second_running.wait(), 5)
+        await asyncio.wait_for(first_cancelled.wait(), 2)
+        await asyncio.sleep(0.1)  # the old attempt's end has been handled
+        assert worker.active[rec.id].reporter.attempt == 2
+        release.set()
+        done = await store.wait(rec.id, 10)
+    assert (done.status, done.attempt, out(done)) == (Status.COMPLETED, 2, {"call": 2})
