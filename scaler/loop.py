@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
+from redis.exceptions import RedisError
 
 from scaler import gpus
 from scaler.backends.base import Backend, BackendError, WorkerHandle, WorkerSpec, container_settings
@@ -142,6 +143,9 @@ class Scaler:
         while not stop.is_set():
             try:
                 await self.tick()
+            except (RedisError, OSError) as e:
+                self.store.note_unreachable()  # its reaps wait until workers have renewed
+                log.warning("scaler tick failed: Redis not reachable (%s); retrying", e)
             except Exception:  # a tick must never kill the loop; the next one re-observes
                 log.exception("scaler tick failed")
             try:
@@ -173,6 +177,10 @@ class Scaler:
             async with gate:
                 try:
                     await self._tick_endpoint(endpoint, handles, endpoint.id in zero, now, gpus_held)
+                except (RedisError, OSError) as e:
+                    self.store.note_unreachable()
+                    log.warning("scaler tick of endpoint %s failed: Redis not reachable (%s)",
+                                endpoint.id, e)
                 except Exception:  # one endpoint's failure must not stop the others' ticks
                     log.exception("scaler tick of endpoint %s failed", endpoint.id)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from serverless import keys, lifecycle
 from serverless.autopipeline import pairs
@@ -97,6 +98,7 @@ class JobStore:
     def __init__(self, redis: Redis, settings: Settings, notifier: Notifier | None = None) -> None:
         self.redis = redis
         self.settings = settings
+        self._unreachable_at: float | None = None  # time.monotonic(); see note_unreachable
         self._lib = Library(redis)  # its AutoPipeline also batches the hot reads (get)
         self._notifier = notifier
 
@@ -461,15 +463,43 @@ class JobStore:
     async def reap(self, endpoint: str, now: int | None = None, limit: int = 200) -> tuple[int, int]:
         """Requeue (or fail, when out of attempts) jobs whose lease expired, and end TIMED_OUT
         the jobs of RunPod-protocol workers past their executionTimeout. Returns (requeued,
-        failed); timed-out jobs are announced like any other end (done channel, job-stop)."""
-        requeued, failed, _ = await self._lib.call(
-            "reap", [keys.leases(endpoint), keys.deadlines(endpoint)],
-            [
-                endpoint, now or now_ms(), self.settings.max_attempts,
-                lifecycle.LEASE_LOST_ERROR, limit, TIMEOUT_ERROR,
-            ],
-        )
+        failed); timed-out jobs are announced like any other end (done channel, job-stop).
+
+        Held back (0, 0) for a while after this process last failed to reach Redis
+        (`note_unreachable`): an outage longer than a lease makes every running job's lease look
+        expired, and a reaper that reconnects before their workers have renewed would requeue
+        jobs that are still running.
+        """
+        if self.reaping_held():
+            return 0, 0
+        try:
+            requeued, failed, _ = await self._lib.call(
+                "reap", [keys.leases(endpoint), keys.deadlines(endpoint)],
+                [
+                    endpoint, now or now_ms(), self.settings.max_attempts,
+                    lifecycle.LEASE_LOST_ERROR, limit, TIMEOUT_ERROR,
+                ],
+            )
+        except (RedisError, OSError):
+            self.note_unreachable()
+            raise
         return int(requeued), int(failed)
+
+    def note_unreachable(self) -> None:
+        """Redis could not be reached just now: reaping waits `reap_hold_ms` from here (every
+        periodic duty and the scaler's tick report their failures)."""
+        self._unreachable_at = time.monotonic()
+
+    @property
+    def reap_hold_ms(self) -> int:
+        """How long reaping waits after Redis was unreachable: one lease (a RunPod worker's
+        ping interval, when longer) and a heartbeat, in which every live worker renews."""
+        s = self.settings
+        return max(s.lease_ms, s.runpod_ping_ms) + s.heartbeat_ms
+
+    def reaping_held(self) -> bool:
+        at = self._unreachable_at
+        return at is not None and (time.monotonic() - at) * 1000 < self.reap_hold_ms
 
     async def endpoints(self) -> list[str]:
         return sorted(x.decode() for x in await self.redis.smembers(keys.ENDPOINTS))

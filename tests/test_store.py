@@ -465,3 +465,39 @@ async def test_a_job_without_its_own_timeout_takes_its_endpoints_current_one(sto
     assert await taken_timeout(executionTimeout=9_000) == 9_000  # the job's own policy wins
     await registry.delete_endpoint(endpoint.id)
     assert await taken_timeout() is None  # in no registry: the worker's own setting applies
+
+
+async def test_reaping_waits_for_workers_to_renew_after_redis_was_unreachable(
+        store: JobStore, endpoint: str) -> None:
+    """After an outage longer than a lease every running job's lease looks expired: a reaper
+    that noted the outage holds back until live workers have had time to renew."""
+    import time as clock
+
+    settings = msgspec.structs.replace(store.settings, lease_ms=300, heartbeat_ms=100,
+                                       runpod_ping_ms=1_000)
+    reaper = JobStore(store.redis, settings)
+    assert reaper.reap_hold_ms == 1_100
+    rec = await store.submit(endpoint, req())
+    await store.take(endpoint, "w1")
+    reaper.note_unreachable()
+    assert await reaper.reap(endpoint, now=first_deadline_passed()) == (0, 0)
+    assert (await store.get(rec.id)).status is Status.IN_PROGRESS
+    reaper._unreachable_at = clock.monotonic() - 1.2  # the hold has passed
+    assert await reaper.reap(endpoint, now=first_deadline_passed()) == (1, 0)
+
+
+async def test_a_reap_that_cannot_reach_redis_holds_reaping_back() -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from serverless.redis_server import free_port
+    from serverless.settings import Settings
+
+    unreachable = JobStore(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), Settings())
+    try:
+        assert not unreachable.reaping_held()
+        with pytest.raises(RedisError):
+            await unreachable.reap("ep-x")
+        assert unreachable.reaping_held()
+    finally:
+        await unreachable.close()

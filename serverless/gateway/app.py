@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from serverless import console, periodic
 from serverless.codec import json_encode
@@ -189,7 +190,12 @@ async def reap_forever(store: JobStore, interval_s: float) -> None:
     """Every `interval_s`, requeue (or fail) jobs of every endpoint whose lease ran out."""
 
     async def reap_all() -> None:
-        for endpoint in await store.endpoints():
+        try:
+            endpoints = await store.endpoints()
+        except (RedisError, OSError):
+            store.note_unreachable()  # reaping waits until workers have renewed (JobStore.reap)
+            raise
+        for endpoint in endpoints:
             requeued, failed = await store.reap(endpoint)
             if requeued or failed:
                 log.info("reaped %s: %d requeued, %d failed", endpoint, requeued, failed)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from serverless.gateway import GatewayOptions, start_gateway
@@ -104,6 +105,51 @@ async def test_acknowledged_jobs_survive_a_redis_crash_with_aof(tmp_path: Path) 
             w.kill()
             w.wait()
         await gw.close()
+        for server in (redis, restarted):
+            if server is not None:
+                server.stop()
+
+
+async def test_an_outage_longer_than_a_lease_does_not_requeue_running_jobs(tmp_path: Path) -> None:
+    """Redis is away for longer than a lease while a job runs: every lease looks expired when it
+    comes back. A reaper polling every 50 ms (the gateway's every second) reconnects long before
+    the worker's next renew; it holds back until live workers have renewed, so the job is not
+    run a second time (before: requeued, attempt 2, the first attempt's result refused)."""
+    from serverless import periodic
+    from serverless.model import RunRequest, Status
+    from serverless.queue import connect
+    from serverless.store import JobStore
+    from tests.worker.conftest import running_worker
+
+    data = tmp_path / "aof"
+    data.mkdir()
+    redis = durable_redis(data)
+    settings = Settings(redis_url=redis.url, heartbeat_ms=200, lease_ms=1_000, runpod_ping_ms=1_000)
+    runs: list[float] = []
+
+    async def handler(job):
+        runs.append(time.monotonic())
+        await asyncio.sleep(3)
+        return "done"
+
+    restarted: RedisProcess | None = None
+    reaper = JobStore(await connect(redis.url), settings)
+    try:
+        async with running_worker(settings, EP, {"handler": handler}):
+            reaping = asyncio.create_task(periodic.every(0.05, lambda: reaper.reap(EP)))
+            rec = await reaper.submit(EP, RunRequest(input=msgspec.Raw(b"{}")))
+            while not runs:
+                await asyncio.sleep(0.02)
+            redis.proc.kill()
+            redis.proc.wait()
+            await asyncio.sleep(1.5)  # longer than the lease
+            restarted = durable_redis(data, port=redis.port)
+            done = await reaper.wait(rec.id, 20)
+            reaping.cancel()
+        assert (done.status, done.attempt, len(runs)) == (Status.COMPLETED, 1, 1)
+        assert (await reaper.health(EP)).jobs.retried == 0
+    finally:
+        await reaper.close()
         for server in (redis, restarted):
             if server is not None:
                 server.stop()
