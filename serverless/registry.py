@@ -333,14 +333,17 @@ class Registry:
         return [e for e in await self.endpoints() if e.name == name]
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
-        if not await self.redis.hdel(keys.REGISTRY_ENDPOINTS, endpoint_id):
+        """Delete it with its status, indexes, its workers' log lines and the console's list of
+        its recent jobs, in one transaction (an upsert cannot land between them); the jobs
+        themselves expire by their own retention."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.REGISTRY_ENDPOINTS, endpoint_id)
+            for index in (keys.REGISTRY_STATUS, keys.REGISTRY_WEBHOOKS, keys.REGISTRY_TIMEOUTS):
+                pipe.hdel(index, endpoint_id)
+            pipe.delete(keys.logs(endpoint_id), keys.RECENT.format(endpoint_id))
+            deleted, *_ = await pipe.execute()
+        if not deleted:
             raise NotFound(f"endpoint {endpoint_id!r} not found")
-        # its status, its workers' log lines and the console's list of its recent jobs go with it
-        # (the jobs themselves expire by their own retention)
-        await self.redis.hdel(keys.REGISTRY_STATUS, endpoint_id)
-        await self.redis.hdel(keys.REGISTRY_WEBHOOKS, endpoint_id)
-        await self.redis.hdel(keys.REGISTRY_TIMEOUTS, endpoint_id)
-        await self.redis.delete(keys.logs(endpoint_id), keys.RECENT.format(endpoint_id))
 
     async def set_status(self, endpoint_id: str, status: EndpointStatus, reason: str = "") -> None:
         """The scaler reports an endpoint's lifecycle state; kept apart from the config so a
