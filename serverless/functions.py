@@ -35,7 +35,8 @@ from serverless.queue import NEEDS_REDIS_7, UPGRADE, connection_error, require_f
 
 # Every operation, each in serverless/lua/<name>.lua.
 OPERATIONS = (
-    "submit", "transition", "take", "renew", "reap", "chunks", "drain", "purge", "ping", "release",
+    "submit", "transition", "take", "renew", "reap", "expire", "chunks", "drain", "purge", "ping",
+    "release",
 )
 
 

@@ -485,6 +485,12 @@ class JobStore:
             raise
         return int(requeued), int(failed)
 
+    async def expire_queued(self, endpoint: str, now: int | None = None, limit: int = 256) -> int:
+        """End TIMED_OUT the queued jobs (of the oldest `limit`) whose ttl has passed: take does
+        it for what it pops, this is for an endpoint no worker takes from. Returns how many."""
+        return int(await self._lib.call("expire", [keys.queue(endpoint)],
+                                        [endpoint, now or now_ms(), TTL_ERROR, limit]))
+
     def note_unreachable(self) -> None:
         """Redis could not be reached just now: reaping waits `reap_hold_ms` from here (every
         periodic duty and the scaler's tick report their failures)."""

@@ -164,6 +164,21 @@ async def test_ttl_expiry_before_start_times_out(store: JobStore, endpoint: str)
     assert (await store.get(other.id)).status is Status.TIMED_OUT
 
 
+async def test_the_ttl_sweep_ends_queued_jobs_no_worker_takes(store: JobStore, endpoint: str) -> None:
+    from serverless import keys
+
+    now = now_ms()
+    expired = [await store.submit(endpoint, req(policy=Policy(ttl=10_000)), now=now) for _ in range(2)]
+    alive = await store.submit(endpoint, req(policy=Policy(ttl=600_000)), now=now)
+    assert await store.expire_queued(endpoint, now=now + 5_000) == 0  # none has passed its ttl
+    assert await store.expire_queued(endpoint, now=now + 10_000) == 2
+    for rec in expired:
+        got = await store.redis.hget(keys.job(rec.id), "status")
+        assert got == b"TIMED_OUT"  # read raw: get() would expire it lazily itself
+    assert (await store.health(endpoint)).jobs.inQueue == 1
+    assert [t.id for t in await store.take_many(endpoint, "w", 5)] == [alive.id]
+
+
 async def test_purge_removes_queued_only(store: JobStore, endpoint: str) -> None:
     running = await store.submit(endpoint, req())
     await store.take(endpoint, "w")

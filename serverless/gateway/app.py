@@ -186,6 +186,9 @@ class GatewayOptions(msgspec.Struct, frozen=True, kw_only=True):
     worker_refusal_pause_s: float = 1.0
 
 
+EXPIRE_INTERVAL_S = 30.0  # the ttl sweep of queued jobs (policy.ttl is at least seconds long)
+
+
 async def reap_forever(store: JobStore, interval_s: float) -> None:
     """Every `interval_s`, requeue (or fail) jobs of every endpoint whose lease ran out."""
 
@@ -203,12 +206,27 @@ async def reap_forever(store: JobStore, interval_s: float) -> None:
     await periodic.every(interval_s, reap_all)
 
 
+async def expire_forever(store: JobStore, interval_s: float = EXPIRE_INTERVAL_S) -> None:
+    """Every `interval_s`, end TIMED_OUT the queued jobs whose ttl has passed, of every endpoint
+    (those of an endpoint without workers would otherwise stay queued for good)."""
+
+    async def expire_all() -> None:
+        for endpoint in await store.endpoints():
+            if expired := await store.expire_queued(endpoint):
+                log.info("%s: %d queued job(s) passed their ttl", endpoint, expired)
+
+    await periodic.every(interval_s, expire_all)
+
+
 def _reaper(interval_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(reap_forever(app[state.STORE], interval_s), name="podq-reaper")
+        store = app[state.STORE]
+        tasks = [asyncio.create_task(reap_forever(store, interval_s), name="podq-reaper"),
+                 asyncio.create_task(expire_forever(store), name="podq-ttl-sweep")]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     return ctx
 
