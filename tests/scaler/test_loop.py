@@ -419,6 +419,12 @@ def fake_gpus(n: int) -> list[GpuInfo]:
     return [GpuInfo(index=i, name="NVIDIA H100 80GB HBM3", uuid=f"GPU-fake-{i}") for i in range(n)]
 
 
+def one_gpu_scaler(registry, store, backend, settings) -> Scaler:
+    """A scaler with the process backend on a host with one (fake) GPU."""
+    return Scaler(registry, store, {"process": backend}, settings, ident="s1", tick_s=0.1,
+                  inventory=lambda: fake_gpus(1))
+
+
 async def test_endpoints_on_one_host_never_share_a_gpu(env, store, scaler_settings) -> None:
     registry, backend = env
     for name in ("a", "b", "c"):
@@ -438,30 +444,19 @@ async def test_endpoints_on_one_host_never_share_a_gpu(env, store, scaler_settin
 async def test_a_draining_worker_keeps_its_gpu_until_it_exits(env, store, scaler_settings) -> None:
     registry, backend = env
     first = await make_endpoint(registry, id="ep-first", name="first", workers_min=1, gpu_count=1)
-    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1", tick_s=0.1,
-                    inventory=lambda: fake_gpus(1))
-    async with running(scaler):
+    async with running(one_gpu_scaler(registry, store, backend, scaler_settings)):
         await until(lambda: _eq(count(backend), 1))
         busy = await store.submit(first.id, job(1.5))
-        await until(lambda: _status_is(store, busy.id, Status.IN_PROGRESS))
+        await until(lambda: _status(store, busy.id, Status.IN_PROGRESS))
         await registry.put_endpoint(msgspec.structs.replace(first, paused=True))  # drains its job
         second = await make_endpoint(registry, id="ep-second", name="second", workers_min=1, gpu_count=1)
-        await until(lambda: _endpoint_status_is(registry, second.id, EndpointStatus.FAILED))
+        await until(lambda: _endpoint_if(registry, second.id, EndpointStatus.FAILED))
         assert [h.endpoint_id for h in await backend.list()] == ["ep-first"]  # still draining
         assert (await store.wait(busy.id, 20)).status is Status.COMPLETED
-        await until(lambda: _endpoint_status_is(registry, second.id, EndpointStatus.INITIALIZING,
-                                                EndpointStatus.RUNNING))
+        await until(lambda: _endpoint_if(registry, second.id, EndpointStatus.INITIALIZING,
+                                         EndpointStatus.RUNNING))
     [handle] = await backend.list()
     assert (handle.endpoint_id, handle.gpu_uuids) == ("ep-second", ["GPU-fake-0"])
-
-
-async def _status_is(store: JobStore, job_id: str, status: Status) -> bool:
-    record = await store.get(job_id)
-    return record is not None and record.status is status
-
-
-async def _endpoint_status_is(registry: Registry, endpoint_id: str, *statuses: EndpointStatus) -> bool:
-    return (await registry.get_endpoint(endpoint_id)).status in statuses
 
 
 class ListingFails(ProcessBackend):
@@ -495,9 +490,7 @@ async def test_update_on_a_host_without_a_spare_gpu_replaces_workers_in_place(en
     (its job completes) and the new one starts on the GPU it frees."""
     registry, backend = env
     endpoint = await make_endpoint(registry, workers_min=1, gpu_count=1)
-    scaler = Scaler(registry, store, {"process": backend}, scaler_settings, ident="s1", tick_s=0.1,
-                    inventory=lambda: fake_gpus(1))
-    async with running(scaler):
+    async with running(one_gpu_scaler(registry, store, backend, scaler_settings)):
         await until(lambda: _eq(count(backend), 1))
         long_job = await store.submit(endpoint.id, job(1.0))
         await until(lambda: _status(store, long_job.id, Status.IN_PROGRESS))
@@ -512,9 +505,10 @@ async def test_update_on_a_host_without_a_spare_gpu_replaces_workers_in_place(en
     assert (handle.version, handle.gpu_uuids) == (2, ["GPU-fake-0"])
 
 
-async def _endpoint_if(registry: Registry, endpoint_id: str, status: EndpointStatus) -> EndpointConfig | None:
+async def _endpoint_if(registry: Registry, endpoint_id: str,
+                       *statuses: EndpointStatus) -> EndpointConfig | None:
     e = await registry.get_endpoint(endpoint_id)
-    return e if e.status is status else None
+    return e if e.status in statuses else None
 
 
 @pytest.mark.parametrize("grace, drain", [(25, 24), (3, 2), (1, 0.5), (0.4, 0.2), (0, 0)])
