@@ -77,8 +77,9 @@ def until_status(endpoint: InferenceEndpoint, status: str, timeout: float = 20) 
 
 def test_the_lifecycle_through_huggingface_hubs_names(live: ThreadedGateway) -> None:
     endpoint = create("hf-life")
-    assert (endpoint.status, endpoint.url, endpoint.repository, endpoint.revision) == (
-        "pending", None, "gpt2", "r1")
+    # the scaler beside it may already have reconciled it (it ticks every 0.1 s here)
+    assert endpoint.status in ("pending", "initializing")
+    assert (endpoint.url, endpoint.repository, endpoint.revision) == (None, "gpt2", "r1")
     with pytest.raises(InferenceEndpointError, match="not serving yet"):
         endpoint.client
     with pytest.raises(Conflict, match="an endpoint named 'hf-life' exists"):
