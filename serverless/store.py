@@ -41,7 +41,7 @@ from serverless.model import (
 from serverless.notify import Notifier
 from serverless.settings import Settings
 
-TTL_ERROR = "job waited longer than its ttl of %d ms before a worker took it"
+TTL_ERROR = "job was still queued when its ttl of %d ms (counted from submission) ran out"
 TIMEOUT_ERROR = (
     "execution took longer than executionTimeout of %d ms; "
     "raise policy.executionTimeout or make the handler faster"

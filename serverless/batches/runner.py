@@ -1,7 +1,8 @@
 """The batch runner: feeds a batch's inputs to its endpoint's queue and collects the results.
 
 Every gateway replica runs a `Supervisor`: once a second it lists the active batches and takes
-the Redis lease of any nobody runs (SET NX PX, renewed every few seconds), so exactly one
+the Redis lease of any nobody runs (SET NX PX, renewed every RENEW_S by a task beside the
+loop, which stops the loop the moment the lease is found lost), so exactly one
 replica drives each batch, and another takes over within LEASE_TTL_MS of a crash. The lease
 holder's `Runner` repeats one loop, each step one MULTI/EXEC fenced by the lease (store.py:
 a runner that lost it gets LeaseLost and stops):
@@ -94,12 +95,33 @@ class Runner:
         self.in_flight = await self.batches.in_flight(self.id)
         self.ready = await self.batches.ready(self.id)
         listening = asyncio.create_task(self._listen())
+        looping = asyncio.create_task(self._loop())
+        keeping = asyncio.create_task(self._keep_lease(looping))
         try:
-            await self._loop()
+            await asyncio.wait((looping,))
         finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+            for task in (looping, keeping, listening):
+                task.cancel()
+            await asyncio.gather(looping, keeping, listening, return_exceptions=True)
             await self._close_inputs()
+        if not looping.cancelled() and looping.exception() is not None:
+            raise looping.exception()
+
+    async def _keep_lease(self, looping: asyncio.Task[None]) -> None:
+        """Renew the lease every RENEW_S, beside the loop (a step that waits long on the input
+        file or the object store does not let it lapse); when it is lost, stop the loop at
+        once, wherever it is, so that it submits and writes nothing another runner now owns."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                held = await self.batches.renew_lease(self.id, self.owner, LEASE_TTL_MS)
+            except (RedisError, OSError) as e:
+                log.warning("batch %s: lease not renewed (%s); retrying", self.id, e)
+                continue
+            if not held:
+                log.warning("batch %s: lease lost; another gateway runs it now", self.id)
+                looping.cancel()
+                return
 
     async def _listen(self) -> None:
         ready = asyncio.Event()
@@ -123,15 +145,10 @@ class Runner:
 
     async def _loop(self) -> None:
         self.check |= self.in_flight  # anything may have ended while nobody ran the batch
-        renewed = swept = rated = time.monotonic()
+        swept = rated = time.monotonic()
         self.waiting_since: float | None = None
         while True:
             now = time.monotonic()
-            if now - renewed >= RENEW_S:
-                if not await self.batches.renew_lease(self.id, self.owner, LEASE_TTL_MS):
-                    log.warning("batch %s: lease lost; another gateway runs it now", self.id)
-                    return
-                renewed = now
             row = await self.batches.read(self.id)
             if row is None or row.round != self.round:
                 return  # deleted, or a new round started under another runner

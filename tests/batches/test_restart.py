@@ -151,3 +151,26 @@ async def test_a_runner_that_lost_its_lease_writes_no_step(store: JobStore) -> N
     assert await batches.in_flight(batch) == {0}  # nothing of a's late steps landed
     await batches.advance(batch, "gateway-b", Cursor(2, 20, 3), False, [1], {}, {})
     assert await batches.in_flight(batch) == {0, 1}
+
+
+async def test_the_lease_is_kept_beside_a_long_step_and_its_loss_stops_the_runner(
+        store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that waits long (a slow input file or object store) does not let the lease lapse;
+    a lease another gateway took stops the runner's loop at once, mid-step, so it submits
+    nothing that runner now owns."""
+    from serverless.batches import runner
+    from serverless.batches.store import BatchStore
+
+    monkeypatch.setattr(runner, "RENEW_S", 0.05)
+    batches = BatchStore(store.redis)
+    batch = "batch-kept"
+    assert await batches.take_lease(batch, "gateway-a", 300)
+    keeper = runner.Runner(batches, store, None, batch, "gateway-a")  # type: ignore[arg-type]
+    step = asyncio.create_task(asyncio.sleep(30))  # the loop, waiting in a long step
+    keeping = asyncio.create_task(keeper._keep_lease(step))
+    await asyncio.sleep(0.5)  # past the 300 ms the lease was taken for
+    assert not step.done() and await store.redis.pttl(f"podq:batch:{batch}:lease") > 1_000
+    await store.redis.delete(f"podq:batch:{batch}:lease")  # it lapsed all the same ...
+    assert await batches.take_lease(batch, "gateway-b", 10_000)  # ... and b took the batch
+    await asyncio.wait_for(keeping, 2)
+    assert step.cancelled()
