@@ -63,6 +63,9 @@ TICK_S = 0.25  # the longest the loop sleeps when nothing happens (a cancel is s
 SWEEP_S = 5.0
 RATE_S = 2.0
 BATCH_JOB_RETENTION_MS = 7 * 24 * 3600 * 1000
+# how long a collected job's record stays when its endpoint has a webhook, for the dispatcher
+# (serverless/gateway/webhooks.py) to read it; without one it is deleted at once
+WEBHOOK_READ_MS = 120_000
 
 
 def batch_job_store(redis: Redis, settings: Settings) -> JobStore:
@@ -264,7 +267,10 @@ class Runner:
             done.append(job)
         if not lines:
             return False
-        await self.batches.collect(self.id, self.owner, lines, counted, done)
+        # an endpoint webhook is delivered from the job's record: leave it a while to be read
+        hooked = await self.batches.redis.hexists(keys.REGISTRY_WEBHOOKS, self.meta.endpoint_id)
+        await self.batches.collect(self.id, self.owner, lines, counted, done,
+                                   keep_ms=WEBHOOK_READ_MS if hooked else 0)
         self.in_flight -= set(lines)
         self._add_ready(lines)
         self._finished += len(lines)

@@ -190,15 +190,19 @@ class BatchStore:
             self._add_ready(pipe, batch_id, ready, counted)
 
     async def collect(self, batch_id: str, owner: str, ready: Mapping[int, bytes],
-                      counted: Mapping[str, int], job_ids: Iterable[str]) -> None:
+                      counted: Mapping[str, int], job_ids: Iterable[str], keep_ms: int = 0) -> None:
         """Finished jobs: their lines are ready, they leave the in-flight set, and their job
-        records are deleted (the line holds all a batch user reads; Redis keeps no more)."""
+        records are deleted (the line holds all a batch user reads; Redis keeps no more), or
+        with `keep_ms` expire that much later (an endpoint webhook still reads them)."""
         job_ids = list(job_ids)
         async with self._fenced(batch_id, owner) as pipe:
             if ready:
                 pipe.srem(keys.batch_inflight(batch_id), *ready)
             self._add_ready(pipe, batch_id, ready, counted)
-            if job_ids:
+            if job_ids and keep_ms:
+                for key in (*(keys.job(j) for j in job_ids), *(keys.chunks(j) for j in job_ids)):
+                    pipe.pexpire(key, keep_ms)
+            elif job_ids:
                 pipe.delete(*(keys.job(j) for j in job_ids), *(keys.chunks(j) for j in job_ids))
 
     @staticmethod

@@ -11,6 +11,7 @@ import msgspec
 from serverless.model import Status
 from serverless.store import JobStore
 from tests.batches.conftest import jsonl, result_lines, upload, wait_state
+from tests.gateway.test_webhooks import receiver  # noqa: F401  (fixture)
 
 
 async def shuffled(store: JobStore, job) -> tuple[Status, bytes | None, str | None]:  # type: ignore[no-untyped-def]
@@ -141,3 +142,23 @@ async def test_a_key_reaches_only_the_batches_of_its_endpoints(gateway, known) -
         assert made.status == (200 if reaches else 403)
     assert read.body["error"] == (f"this key may not reach endpoint '{known}'; use a key scoped to it, "
                                   "or the admin key")
+
+
+async def test_every_batch_job_reaches_its_endpoints_webhook(gateway, store, endpoint, workers,
+                                                             receiver) -> None:
+    """The runner collects a finished job at once; its record must outlive that long enough for
+    the webhook dispatcher to read it (before, most deliveries found no record and were dropped)."""
+    from serverless import keys
+    from serverless.batches.runner import WEBHOOK_READ_MS
+    from tests.gateway.test_endpoint_webhook import hooked_endpoint
+
+    hook = await receiver()
+    await hooked_endpoint(gateway, endpoint, hook.url)
+    await workers(endpoint, n=2)
+    batch = await upload(gateway, endpoint, jsonl(list(range(20))))
+    await wait_state(gateway, batch["id"])
+    # collected, yet kept a while for a dispatcher that lags (a burst, a busy gateway)
+    ttl = await store.redis.pttl(keys.job(f"{batch['id']}-0"))
+    assert 0 < ttl <= WEBHOOK_READ_MS
+    await hook.wait_for(20)
+    assert sorted(b["id"] for b in hook.bodies) == sorted(f"{batch['id']}-{i}" for i in range(20))
