@@ -106,6 +106,10 @@ REGISTRY_WEBHOOKS = "podq:registry:webhooks"
 REGISTRY_TIMEOUTS = "podq:registry:execution-timeouts"
 SCALER_LEADER = "podq:scaler:leader"
 WEBHOOKS = "podq:webhooks"
+# the ids a webhook dispatcher has taken off WEBHOOKS and not yet delivered (one list per
+# dispatcher), and dispatcher id -> the ms until which it counts as alive (gateway/webhooks.py)
+WEBHOOKS_CLAIMED = "podq:webhooks:claimed:{}"
+WEBHOOK_DISPATCHERS = "podq:webhooks:dispatchers"
 DONE_PATTERN = DONE.format("*")
 # Cluster metrics (serverless/metrics_store.py): histograms and the scaler leader's counters.
 HIST_DELAY = "podq:ep:{}:hist:delay"

@@ -5,9 +5,14 @@ same body /status answers, the receiver must answer 2xx; on failure it is retrie
 times, 10 s apart. A webhook that fails never changes the job.
 
 The script that ends a job pushes its id onto the durable `podq:webhooks` list when it has a
-webhook (serverless/lua/_lib.lua). Every gateway replica blocks on that list; BLPOP hands each
-id to exactly one of them, so N replicas deliver once, and a job that ends while no gateway runs
-gets its webhook when one starts. A job that is retried and ends again is pushed again.
+webhook (serverless/lua/_lib.lua). Every gateway replica's dispatcher blocks on that list and
+moves each id onto its own claimed list (BLMOVE: one replica gets each id), delivers, then drops
+it from there; so N replicas deliver once, and a job that ends while no gateway runs gets its
+webhook when one starts. A dispatcher that stops hands what it claimed back; one that dies (its
+alive mark in `podq:webhooks:dispatchers`, renewed every ALIVE_RENEW_S, runs out) has its claimed
+ids moved back by another, so a gateway crash loses no webhook. Delivery is at least once: a
+crash after a POST and before the id is dropped delivers that one again. A job that is retried
+and ends again is pushed again.
 Each delivery's outcome (success, failure, refused) and each retry is told to an observer:
 the gateway's /metrics counts them (serverless/gateway/metrics.py).
 
@@ -30,7 +35,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import re
+import socket
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -50,6 +58,8 @@ from serverless.store import JobStore, now_ms
 log = logging.getLogger("podq.webhooks")
 
 SCHEMES = ("http", "https")
+ALIVE_MS = 30_000  # how long a dispatcher counts as alive after its last mark
+ALIVE_RENEW_S = 5.0  # how often it marks itself alive and looks for dead ones' claimed ids
 _EXAMPLE = "send an absolute URL such as https://example.com/hook"
 
 
@@ -210,36 +220,81 @@ class WebhookDispatcher:
         self._blocking: Redis | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._claimed = keys.WEBHOOKS_CLAIMED.format(self.id)
 
     async def start(self) -> None:
-        """Start popping finished jobs with webhooks off the shared list."""
+        """Mark this dispatcher alive, take back what dead ones claimed, and start taking
+        finished jobs with webhooks off the shared list."""
         self._session = aiohttp.ClientSession()
         self._blocking = await connect_single(self._store.settings.redis_dsn)
+        await self._mark_alive()
+        await self.recover()
         self._listener = asyncio.create_task(self._listen(), name="podq-webhooks")
+        self._keeper = asyncio.create_task(self._keep_alive(), name="podq-webhooks-alive")
 
     async def close(self) -> None:
-        """Stop listening and cancel deliveries still in flight."""
-        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        """Stop listening, cancel deliveries still in flight and hand their ids back to the
+        shared list (another replica, or this one's next start, delivers them)."""
+        tasks = [t for t in (self._listener, self._keeper, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._hand_back(self.id)
+        except (RedisError, OSError) as e:  # its alive mark runs out; another takes them back
+            log.warning("webhooks in flight not handed back (%s)", e)
         if self._session is not None:
             await self._session.close()
         if self._blocking is not None:
             await self._blocking.aclose()
 
+    async def _mark_alive(self) -> None:
+        await self._store.redis.hset(keys.WEBHOOK_DISPATCHERS, self.id, now_ms() + ALIVE_MS)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(ALIVE_RENEW_S)
+            try:
+                await self._mark_alive()
+                await self.recover()
+            except (RedisError, OSError) as e:
+                log.warning("webhooks could not reach Redis (%s); retrying", e)
+
+    async def recover(self) -> int:
+        """Move the ids dead dispatchers claimed back onto the shared list; returns how many."""
+        marks = await self._store.redis.hgetall(keys.WEBHOOK_DISPATCHERS)
+        now = now_ms()
+        moved = 0
+        for raw_id, until in marks.items():
+            dispatcher = raw_id.decode()
+            if dispatcher != self.id and int(until) < now:
+                moved += await self._hand_back(dispatcher)
+        if moved:
+            log.warning("webhooks: %d claimed by a gateway that stopped answering, delivered here", moved)
+        return moved
+
+    async def _hand_back(self, dispatcher: str) -> int:
+        """Move `dispatcher`'s claimed ids back to the front of the shared list, then forget it."""
+        redis, claimed, moved = self._store.redis, keys.WEBHOOKS_CLAIMED.format(dispatcher), 0
+        while await redis.lmove(claimed, keys.WEBHOOKS, "RIGHT", "LEFT") is not None:
+            moved += 1
+        await redis.hdel(keys.WEBHOOK_DISPATCHERS, dispatcher)
+        return moved
+
     async def _listen(self) -> None:
         assert self._blocking is not None
         while True:
             try:
-                popped = await self._blocking.blpop([keys.WEBHOOKS], timeout=1)
+                claimed = await self._blocking.blmove(keys.WEBHOOKS, self._claimed, 1, "LEFT", "RIGHT")
             except (RedisError, OSError) as e:
                 log.warning("webhooks could not reach Redis (%s); retrying", e)
                 await asyncio.sleep(0.5)
                 continue
-            if popped is not None:
-                self._spawn(popped[1].decode())
+            if claimed is not None:
+                self._spawn(claimed.decode())
 
     def _spawn(self, job_id: str) -> None:
         task = asyncio.create_task(self._handle(job_id), name=f"podq-webhook-{job_id}")
@@ -247,6 +302,15 @@ class WebhookDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, job_id: str) -> None:
+        """Deliver, then drop the id from this dispatcher's claimed list (a cancelled delivery,
+        on close, leaves it there to be handed back)."""
+        await self._deliver(job_id)
+        try:
+            await self._store.redis.lrem(self._claimed, 1, job_id)
+        except (RedisError, OSError) as e:  # it is delivered again after a hand-back: at least once
+            log.warning("webhook for job %s delivered but not dropped from the claimed list: %s", job_id, e)
+
+    async def _deliver(self, job_id: str) -> None:
         try:
             record = await self._store.get(job_id)
             if record is None or record.status not in TERMINAL_STATUSES:

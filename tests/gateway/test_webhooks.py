@@ -212,3 +212,70 @@ async def test_delivery_refuses_a_name_that_resolves_to_a_private_address() -> N
         assert await deliver(session, "http://localhost:9/x", b"{}", policy) is False
     allowed = WebhookPolicy(allow_private=True)
     assert await refusal("http://localhost:9/x", allowed) is None
+
+
+async def hanging(rec: Receiver) -> None:
+    """Wait until the receiver holds its first POST (it answers only after its delay)."""
+    for _ in range(250):
+        if rec.bodies:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no webhook arrived")
+
+
+async def test_a_webhook_claimed_by_a_gateway_that_died_is_delivered_by_another(
+    store: JobStore, endpoint: str, receiver
+) -> None:
+    """Gateway A takes a job's webhook and dies mid-POST (its receiver hangs); once A's alive
+    mark has run out, gateway B moves what A claimed back and delivers it."""
+    import msgspec
+
+    from serverless import keys
+    from serverless.gateway.webhooks import WebhookDispatcher
+    from serverless.model import RunRequest
+
+    rec = await receiver(delay_s=3)  # the first POST hangs: A dies in the middle of it
+    policy = WebhookPolicy(allow_private=True)
+    a, b = WebhookDispatcher(store, policy), WebhookDispatcher(store, policy)
+    await a.start()
+    job = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}"), webhook=rec.url))
+    taken = await store.take(endpoint, "w")
+    await store.finish(job.id, taken.attempt, Status.COMPLETED, output=b"1")
+    await hanging(rec)
+    for task in (a._listener, a._keeper, *a._tasks):  # killed: no close(), nothing handed back
+        task.cancel()
+    assert await store.redis.lrange(keys.WEBHOOKS_CLAIMED.format(a.id), 0, -1) == [job.id.encode()]
+    await store.redis.hset(keys.WEBHOOK_DISPATCHERS, a.id, 0)  # its alive mark ran out
+    await b.start()
+    try:
+        await rec.wait_for(2)
+        assert [x["id"] for x in rec.bodies] == [job.id, job.id]
+        await asyncio.sleep(0.1)
+        assert await store.redis.exists(keys.WEBHOOKS_CLAIMED.format(a.id)) == 0
+        assert await store.redis.hkeys(keys.WEBHOOK_DISPATCHERS) == [b.id.encode()]
+        assert await store.redis.llen(keys.WEBHOOKS_CLAIMED.format(b.id)) == 0  # delivered, dropped
+    finally:
+        await b.close()
+        await a._session.close()
+        await a._blocking.aclose()
+
+
+async def test_a_gateway_that_stops_hands_its_undelivered_webhooks_back(
+    store: JobStore, endpoint: str, receiver
+) -> None:
+    import msgspec
+
+    from serverless import keys
+    from serverless.gateway.webhooks import WebhookDispatcher
+    from serverless.model import RunRequest
+
+    rec = await receiver(delay_s=3)
+    a = WebhookDispatcher(store, WebhookPolicy(allow_private=True))
+    await a.start()
+    job = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}"), webhook=rec.url))
+    taken = await store.take(endpoint, "w")
+    await store.finish(job.id, taken.attempt, Status.COMPLETED, output=b"1")
+    await hanging(rec)
+    await a.close()  # the hanging delivery is cancelled: its id goes back to the shared list
+    assert await store.redis.lrange(keys.WEBHOOKS, 0, -1) == [job.id.encode()]
+    assert await store.redis.hlen(keys.WEBHOOK_DISPATCHERS) == 0
