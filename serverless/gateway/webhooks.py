@@ -226,12 +226,10 @@ class WebhookDispatcher:
         self._claimed = keys.WEBHOOKS_CLAIMED.format(self.id)
 
     async def start(self) -> None:
-        """Mark this dispatcher alive, take back what dead ones claimed, and start taking
-        finished jobs with webhooks off the shared list."""
+        """Start taking finished jobs with webhooks off the shared list, and (in the
+        background, at once) mark this dispatcher alive and take back what dead ones claimed."""
         self._session = aiohttp.ClientSession()
         self._blocking = await connect_single(self._store.settings.redis_dsn)
-        await self._mark_alive()
-        await self.recover()
         self._listener = asyncio.create_task(self._listen(), name="podq-webhooks")
         self._keeper = asyncio.create_task(self._keep_alive(), name="podq-webhooks-alive")
 
@@ -255,13 +253,15 @@ class WebhookDispatcher:
         await self._store.redis.hset(keys.WEBHOOK_DISPATCHERS, self.id, now_ms() + ALIVE_MS)
 
     async def _keep_alive(self) -> None:
+        """Mark alive and recover at once, then every ALIVE_RENEW_S (a Redis that cannot be
+        reached is retried, never a failed start)."""
         while True:
-            await asyncio.sleep(ALIVE_RENEW_S)
             try:
                 await self._mark_alive()
                 await self.recover()
             except (RedisError, OSError) as e:
                 log.warning("webhooks could not reach Redis (%s); retrying", e)
+            await asyncio.sleep(ALIVE_RENEW_S)
 
     async def recover(self) -> int:
         """Move the ids dead dispatchers claimed back onto the shared list; returns how many."""
