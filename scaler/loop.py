@@ -144,8 +144,7 @@ class Scaler:
             try:
                 await self.tick()
             except (RedisError, OSError) as e:
-                self.store.note_unreachable()  # its reaps wait until workers have renewed
-                log.warning("scaler tick failed: Redis not reachable (%s); retrying", e)
+                self._redis_unreachable("scaler tick", e)
             except Exception:  # a tick must never kill the loop; the next one re-observes
                 log.exception("scaler tick failed")
             try:
@@ -153,6 +152,12 @@ class Scaler:
             except asyncio.TimeoutError:
                 pass
         await self.leader.release()
+
+    def _redis_unreachable(self, what: str, error: Exception) -> None:
+        """`what` could not reach Redis: the store's reaps wait until workers have renewed
+        (JobStore.note_unreachable), and the failure is one warning line, not a traceback."""
+        self.store.note_unreachable()
+        log.warning("%s failed: Redis not reachable (%s); retrying", what, error)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.task for s in self._stopping.values()), return_exceptions=True)
@@ -178,9 +183,7 @@ class Scaler:
                 try:
                     await self._tick_endpoint(endpoint, handles, endpoint.id in zero, now, gpus_held)
                 except (RedisError, OSError) as e:
-                    self.store.note_unreachable()
-                    log.warning("scaler tick of endpoint %s failed: Redis not reachable (%s)",
-                                endpoint.id, e)
+                    self._redis_unreachable(f"scaler tick of endpoint {endpoint.id}", e)
                 except Exception:  # one endpoint's failure must not stop the others' ticks
                     log.exception("scaler tick of endpoint %s failed", endpoint.id)
 

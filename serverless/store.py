@@ -492,8 +492,10 @@ class JobStore:
                                         [endpoint, now or now_ms(), TTL_ERROR, limit]))
 
     def note_unreachable(self) -> None:
-        """Redis could not be reached just now: reaping waits `reap_hold_ms` from here (every
-        periodic duty and the scaler's tick report their failures)."""
+        """Redis could not be reached just now: reaping waits `reap_hold_ms` from here. A
+        failed reap notes it itself; the gateway's reaper and the scaler's tick note the failures
+        of the calls they make before reaping (a worker reaps every heartbeat, so its own reap
+        meets any outage)."""
         self._unreachable_at = time.monotonic()
 
     @property

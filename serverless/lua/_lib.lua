@@ -43,8 +43,9 @@ local function job_read(jobkey)
                     'remote', 'worker_id', 'started_at')
 end
 
--- remote: the job's `remote` field as HMGET read it ('1' for a RunPod-protocol worker's job,
--- the only kind with a deadlines entry; false when absent)
+-- The job (job_read's reply) leaves the index of its status: the queue, or its lease, and for a
+-- RunPod-protocol worker's job (`remote`: the only kind with a deadlines entry) its deadline and
+-- its place in the worker's held set.
 local function leave(ep, id, job)
   local status = job[STATUS]
   if status == 'IN_QUEUE' then
@@ -164,6 +165,18 @@ local function move(ep, id, jobkey, job, to, now, publish, sets, first, last)
     redis.call('HSET', jobkey, 'status', to, unpack(sets, first, last))
     if to == 'IN_QUEUE' then queued(ep, id, jobkey, from) end
   end
+end
+
+-- Whether a queued job's ttl has passed: submitted, ttl as HMGET read them (ttl false: none).
+-- lifecycle.is_expired is the same rule for a record read in Python.
+local function ttl_passed(submitted, ttl, now)
+  return ttl and tonumber(submitted) + tonumber(ttl) <= tonumber(now)
+end
+
+-- A queued job whose ttl passed ends TIMED_OUT; fmt: the error's format (%d = the ttl in ms).
+local function time_out_queued(ep, id, jobkey, ttl, now, fmt)
+  move(ep, id, jobkey, job_read(jobkey), 'TIMED_OUT', now, true,
+       {'error', string.format(fmt, tonumber(ttl))})
 end
 
 -- Fields only a running attempt has; cleared when the job goes back to the queue.

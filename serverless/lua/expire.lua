@@ -13,9 +13,8 @@ register('expire', function(KEYS, ARGV)
     local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms')
     if f[1] ~= 'IN_QUEUE' then
       redis.call('ZREM', KEYS[1], id)  -- a stale entry: its record expired or moved on
-    elseif f[3] and tonumber(f[2]) + tonumber(f[3]) <= tonumber(now) then
-      move(ep, id, jobkey, job_read(jobkey), 'TIMED_OUT', now, true,
-           {'error', string.format(ARGV[3], tonumber(f[3]))})
+    elseif ttl_passed(f[2], f[3], now) then
+      time_out_queued(ep, id, jobkey, f[3], now, ARGV[3])
       ended = ended + 1
     end
   end

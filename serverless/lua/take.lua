@@ -43,9 +43,7 @@ end
 
 -- its ttl ran out while it waited, or it is a stale entry (record expired or moved): dropped
 local function skip(ep, id, jobkey, f, ARGV)
-  if f[1] ~= 'IN_QUEUE' then return end
-  move(ep, id, jobkey, job_read(jobkey), 'TIMED_OUT', ARGV[2], true,
-       {'error', string.format(ARGV[5], tonumber(f[3]))})
+  if f[1] == 'IN_QUEUE' then time_out_queued(ep, id, jobkey, f[3], ARGV[2], ARGV[5]) end
 end
 
 register('take', function(KEYS, ARGV)
@@ -68,7 +66,7 @@ register('take', function(KEYS, ARGV)
       local f = redis.call('HMGET', jobkey, 'status', 'submitted_at', 'ttl_ms', 'attempt', 'tries',
                            'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
                            'error')
-      if f[1] == 'IN_QUEUE' and not (f[3] and tonumber(f[2]) + tonumber(f[3]) <= now) then
+      if f[1] == 'IN_QUEUE' and not ttl_passed(f[2], f[3], now) then
         taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeout)
       else
         skip(ep, id, jobkey, f, ARGV)
