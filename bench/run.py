@@ -22,7 +22,7 @@ from bench.common import ROOT, machine
 from bench.report import Section, draw, report_markdown, section_markdown
 
 SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
-             "runpod_worker", "redis_cpu",
+             "runpod_worker", "redis_cpu", "round_trip",
              "metrics_cost", "fleet",
              "log_shipping", "batch")
 RESULTS = ROOT / "bench" / "results"

@@ -1,50 +1,64 @@
 """AutoPipeline: the short Redis commands that concurrent tasks issue in one event-loop turn are
-sent to Redis together, as one pipeline, on one connection.
+sent to Redis together, on one connection the pipeline keeps for itself.
 
 Under load a gateway answers dozens of /runsync requests in the same loop turn, and each one
 used to check out its own pool connection, write its own command and wait for its own reply:
 one send and one receive system call, and one readiness event in Redis, per command. Here a
-command joins the batch of the current turn; the batch is written once (`pipeline`, no
-MULTI/EXEC: the commands are independent) at the next turn and each caller gets its own reply or
-its own error. A lone command goes out the same way with one turn of delay (microseconds), so
+command joins the batch of the current turn; the batch is written once at the end of the turn
+(no MULTI/EXEC: the commands are independent) and each caller gets its own reply or its own
+error. A lone command goes out the same way with one turn of delay (microseconds), so
 sequential latency does not change. ioredis and Valkey GLIDE call this auto-pipelining; redis-py
-has none, so this is the small part podq writes itself: the batch is packed by hiredis's C
-packer (redis-py's asyncio client packs every argument in Python, the larger cost for FCALLs of
-20-odd arguments) and written on a connection of the client's own pool, whose replies are read
-with redis-py's parser. Replies are raw: no redis-py response callback runs (HGETALL answers a
-flat list; `pairs` makes it a dict).
+has none, so this is the small part podq writes itself.
+
+How the connection is driven (`_Link`), and why not through redis-py's pool: redis-py opens and
+authenticates the connection with the pool's settings, then the pipeline drives its transport
+with an asyncio Protocol of its own (serverless/redis_link.py). Each batch is packed by hiredis's
+C packer and written at once, with no task and no pool checkout; replies are parsed by a hiredis
+Reader inside `data_received`, which answers each caller's future in order (Redis answers one
+connection's commands in the order they came). A batch sent while the previous one is in flight
+follows it on the same connection. Through the pool, each batch was a task that checked out a
+connection, wrote, and awaited redis-py's parser once per reply: 41.7 instead of 26.7 µs of
+client CPU per lone round trip (docs/job-store.md, "Round trips"), and a worker under load makes
+about one round trip per job. Replies are raw (no redis-py response callback runs: HGETALL
+answers a flat list; `pairs` makes it a dict) and error replies are the exception classes
+redis-py's parser would raise.
+
+Failures: when the connection is lost, every command written and not yet answered fails with
+redis-py's ConnectionError (it may or may not have run, as with any client), and the next turn
+opens a new connection. As with redis-py's pool connections here (podq sets no socket_timeout),
+a reply is awaited without a time limit while the connection stays up.
 
 Each round trip can be timed for the gateway's /metrics (`ROUND_TRIP_OBSERVERS`): one clock read
 per batch, not per command, and none while no observer is registered.
 
-Only commands that answer at once belong here: a blocking command (BLPOP, XREAD BLOCK) would
-hold every command batched behind it. A caller that is cancelled does not cancel its command
-(it is already on its way with the others); its reply is dropped, as a reply that arrives after
-a client disconnects is.
+Only commands that answer at once belong on a shared pipeline: a blocking command (BLPOP, XREAD
+BLOCK) would hold every command sent after it. A pipeline of its own may carry one blocking
+command at a time (a worker's doorbell, serverless/queue.py `wait_for_work_on`). A caller that is
+cancelled does not cancel its command (it is already on its way with the others); its reply is
+dropped, as a reply that arrives after a client disconnects is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
 
-# redis-py < 5.3 requires a command name for a pool connection; 5.3+ deprecates passing one
-_NAME = inspect.signature(ConnectionPool.get_connection).parameters.get("command_name")
-_POOL_ARGS: tuple[str, ...] = (
-    ("PIPELINE",) if _NAME is not None and _NAME.default is inspect.Parameter.empty else ())
+from serverless.redis_link import reply_reader, take_over
 
-MAX_BATCH = 512  # commands per pipeline; a bigger turn is split, so no reply grows unbounded
+MAX_BATCH = 512  # commands per write; a bigger turn is split into several writes
 # Called with the seconds each round trip took (serverless/gateway/metrics.py registers one per
 # gateway app while it runs); process-wide, as the round trips are.
 ROUND_TRIP_OBSERVERS: list[Callable[[float], None]] = []
+
+Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
 
 class AutoPipeline:
@@ -52,8 +66,10 @@ class AutoPipeline:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._pending: list[Pending] = []
+        self._link: _Link | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._waiting_for_link: list[Pending] = []
 
     async def execute(self, *args: Any) -> Any:
         """Send one command with whatever else this turn sends; its reply, or raise its error."""
@@ -64,58 +80,144 @@ class AutoPipeline:
         self._pending.append((args, future))
         return await future
 
+    async def aclose(self) -> None:
+        """Close the pipeline's connection (commands in flight fail); a later call reopens one."""
+        if self._opening is not None:
+            self._opening.cancel()
+            await asyncio.gather(self._opening, return_exceptions=True)
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        for i in range(0, len(batch), MAX_BATCH):
-            task = asyncio.ensure_future(self._send(batch[i:i + MAX_BATCH]))
-            self._flushing.add(task)  # a reference, so the task is not collected mid-flight
-            task.add_done_callback(self._flushing.discard)
+        link = self._link
+        if link is not None and link.usable:
+            link.send(batch)
+            return
+        self._waiting_for_link.extend(batch)
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        started = time.perf_counter() if ROUND_TRIP_OBSERVERS else 0.0
+    async def _open(self) -> None:
         try:
-            replies = await self._round_trip(batch)
-        except BaseException as e:  # the connection failed (or we were cancelled): all fail
-            for _, future in batch:
+            link = await _Link.open(self.redis)
+        except BaseException as e:  # noqa: BLE001 - every waiting caller gets the error
+            waiting, self._waiting_for_link = self._waiting_for_link, []
+            error = e if isinstance(e, Exception) else RedisConnectionError(repr(e))
+            for _, future in waiting:
                 if not future.done():
-                    future.set_exception(e if isinstance(e, Exception) else ConnectionError(str(e)))
+                    future.set_exception(error)
             if not isinstance(e, Exception):
                 raise
             return
+        finally:
+            self._opening = None
+        self._link = link
+        waiting, self._waiting_for_link = self._waiting_for_link, []
+        link.send(waiting)
+
+
+class _Link(asyncio.Protocol):
+    """One connection opened by redis-py, then written and read by this protocol (module
+    docstring): `send` writes a batch at once; `data_received` answers the callers in order."""
+
+    def __init__(self, reader: hiredis.Reader) -> None:
+        self._reader = reader
+        # one entry per command written and not yet answered: (its future, the batch's start
+        # time on the batch's last command when round trips are timed, else 0.0)
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._writer: asyncio.StreamWriter | None = None  # held: see redis_link.take_over
+        self._transport: asyncio.WriteTransport | None = None
+        self.open = False
+
+    @classmethod
+    async def open(cls, redis: Redis) -> _Link:
+        link = cls(reply_reader(redis))
+        link._writer = await take_over(redis, link)
+        link._transport = link._writer.transport
+        link.open = True
+        return link
+
+    @property
+    def usable(self) -> bool:
+        """Open, and not closing (a transport that is closing drops what is written to it)."""
+        return self.open and self._transport is not None and not self._transport.is_closing()
+
+    def send(self, batch: list[Pending]) -> None:
+        assert self._transport is not None
+        started = time.perf_counter() if ROUND_TRIP_OBSERVERS else 0.0
+        for i in range(0, len(batch), MAX_BATCH):
+            part = batch[i:i + MAX_BATCH]
+            try:
+                packed = b"".join([hiredis.pack_command(args) for args, _ in part])
+            except Exception:  # noqa: BLE001 - an argument hiredis cannot pack fails its caller
+                packed = self._pack_each(part)
+            else:
+                self._waiting.extend((future, 0.0) for _, future in part)
+            if started and self._waiting:
+                future, _ = self._waiting.pop()
+                self._waiting.append((future, started))
+            self._transport.write(packed)
+
+    def _pack_each(self, part: list[Pending]) -> bytes:
+        """Pack command by command: a command whose argument hiredis refuses (None, an object)
+        fails its own caller with that error and is not sent; the rest go."""
+        packed = []
+        for args, future in part:
+            try:
+                packed.append(hiredis.pack_command(args))
+            except Exception as e:  # noqa: BLE001
+                if not future.done():
+                    future.set_exception(e)
+                continue
+            self._waiting.append((future, 0.0))
+        return b"".join(packed)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                self._answer(reply)
+        except InvalidResponse as e:  # the stream is out of sync: nothing after it can be trusted
+            self._fail(RedisConnectionError(f"Redis sent an invalid reply ({e}); reconnecting"))
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _answer(self, reply: Any) -> None:
+        future, started = self._waiting.popleft()
         if started:
             took = time.perf_counter() - started
             for observe in ROUND_TRIP_OBSERVERS:
                 observe(took)
-        for (_, future), reply in zip(batch, replies):
-            if future.done():  # the caller was cancelled meanwhile
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        if future.done():  # the caller was cancelled meanwhile
+            return
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(
+            f"Connection to Redis lost{f' ({exc})' if exc else ''}; the command may or may "
+            "not have run"))
 
-    async def _round_trip(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> list[Any]:
-        """Write every command of `batch` at once and read one reply per command (an error
-        reply is returned in its place). A connection that fails midway is closed, not reused:
-        its unread replies would answer the next user's commands."""
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection(*_POOL_ARGS)
-        try:
-            await connection.send_packed_command(
-                b"".join([hiredis.pack_command(args) for args, _ in batch]), check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as e:
-                    replies.append(e)
-            return replies
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+    def _fail(self, error: Exception) -> None:
+        self.open = False
+        waiting, self._waiting = self._waiting, deque()
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: Redis closed its side
 
 
 def pairs(reply: list[Any] | dict[Any, Any]) -> dict[Any, Any]:

@@ -18,10 +18,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
+import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, RedisError
 
 from serverless import keys
+from serverless.redis_link import reply_reader, take_over
 
 log = logging.getLogger("podq.notify")
 
@@ -102,8 +105,13 @@ async def listen_forever(
     """Subscribe to `channel` (a pattern if `pattern`) and call `on_message(data)` for each
     message, resubscribing after a lost connection, until cancelled.
 
+    The subscription has a connection of its own, opened with `redis`'s settings and read by
+    `_Subscription` (serverless/redis_link.py): each message is handed to `on_message` in the
+    protocol's callback, with no task woken in between (redis-py's PubSub parsed each message in
+    Python and woke the listening task, on the path of every /runsync answer).
+
     Args:
-        redis: the client whose pool the subscription connection comes from.
+        redis: the client whose connection settings the subscription uses.
         channel: the channel name or pattern.
         on_message: called with each message's data, decoded.
         pattern: PSUBSCRIBE instead of SUBSCRIBE.
@@ -111,18 +119,63 @@ async def listen_forever(
         on_lost: called when the connection is lost, before retrying.
         name: how log lines name this subscription.
     """
+    loop = asyncio.get_running_loop()
+    command = hiredis.pack_command(("PSUBSCRIBE" if pattern else "SUBSCRIBE", channel))
     while True:
-        pubsub = redis.pubsub()
+        subscription = _Subscription(reply_reader(redis), on_message, on_ready, loop.create_future(), name)
+        writer: asyncio.StreamWriter | None = None
         try:
-            await (pubsub.psubscribe(channel) if pattern else pubsub.subscribe(channel))
-            async for message in pubsub.listen():
-                if message["type"] in ("subscribe", "psubscribe"):
-                    on_ready()
-                elif message["type"] in ("message", "pmessage"):
-                    on_message(message["data"].decode())
+            writer = await take_over(redis, subscription)
+            writer.transport.write(command)
+            raise await subscription.lost
         except (RedisError, OSError) as e:
             log.warning("%s lost its Redis subscription (%s); reconnecting", name, e)
             on_lost()
             await asyncio.sleep(0.5)
         finally:
-            await pubsub.aclose()
+            if writer is not None:
+                writer.close()
+
+
+class _Subscription(asyncio.Protocol):
+    """The protocol of one subscribed connection: messages to `on_message`, confirmations to
+    `on_ready`; `lost` gets the error that ended the connection."""
+
+    def __init__(self, reader: hiredis.Reader, on_message: Callable[[str], None],
+                 on_ready: Callable[[], None], lost: asyncio.Future[Exception], name: str) -> None:
+        self._reader, self._on_message, self._on_ready = reader, on_message, on_ready
+        self.lost, self._name = lost, name
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                self._handle(reply)
+        except InvalidResponse as e:
+            self._end(RedisConnectionError(f"Redis sent an invalid reply ({e})"))
+
+    def _handle(self, reply: object) -> None:
+        if isinstance(reply, Exception):  # e.g. NOPERM for the channel: the subscription failed
+            self._end(reply)
+            return
+        if not isinstance(reply, list) or not reply:
+            return
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if kind in ("message", "pmessage"):
+            data = reply[-1]
+            try:
+                self._on_message(data.decode() if isinstance(data, bytes) else str(data))
+            except Exception:  # noqa: BLE001 - one bad message must not end the subscription
+                log.exception("%s: handling a message failed", self._name)
+        elif kind in ("subscribe", "psubscribe"):
+            self._on_ready()
+
+    def _end(self, error: Exception) -> None:
+        if not self.lost.done():
+            self.lost.set_result(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(RedisConnectionError(f"Connection to Redis lost{f' ({exc})' if exc else ''}"))
+
+    def eof_received(self) -> bool | None:
+        return False

@@ -34,6 +34,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serverless import keys
+from serverless.autopipeline import AutoPipeline
 from serverless.errors import ConfigError, RedisUnavailable, redact_text, redact_url
 
 log = logging.getLogger("podq.queue")
@@ -256,5 +257,16 @@ def connect_sync(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> redis_sync.R
 
 
 async def wait_for_work(blocking: Redis, endpoint: str, timeout_s: float) -> bool:
-    """Block until a submit rings the endpoint's doorbell (True) or `timeout_s` passes (False)."""
+    """Block until a submit rings the endpoint's doorbell (True) or `timeout_s` passes (False).
+    Each wait holds a pool connection of `blocking` (the gateway's held job-take polls: many at
+    once, each cancelled when its client leaves)."""
     return await blocking.blpop([keys.bell(endpoint)], timeout=timeout_s) is not None
+
+
+async def wait_for_work_on(line: AutoPipeline, endpoint: str, timeout_s: float) -> bool:
+    """`wait_for_work` on a pipeline that carries nothing else (a worker's one take loop): the
+    BLPOP's reply is read in the connection's protocol callback (serverless/autopipeline.py).
+    A wait cancelled before its reply leaves the BLPOP in flight until a ring or the timeout;
+    a ring it takes is lost, which costs at most the next wait's timeout (the bell is a hint,
+    the queue is the truth)."""
+    return await line.execute("BLPOP", keys.bell(endpoint), timeout_s) is not None

@@ -105,6 +105,7 @@ class JobStore:
     async def close(self) -> None:
         if self._notifier is not None:
             await self._notifier.close()
+        await self._lib.pipeline.aclose()
         await self.redis.aclose()
 
     # ---- gateway side -------------------------------------------------------------------

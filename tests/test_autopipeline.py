@@ -91,3 +91,53 @@ async def test_a_connection_lost_mid_batch_fails_that_batch_and_the_next_turn_re
     finally:
         await killer.aclose()
     assert await auto.execute("ECHO", "x") == b"x"  # a fresh connection, in sync
+
+
+async def test_a_command_hiredis_cannot_pack_fails_alone(redis) -> None:
+    auto = AutoPipeline(redis)
+    ok1, bad, ok2 = await asyncio.gather(
+        auto.execute("ECHO", "a"), auto.execute("ECHO", None), auto.execute("ECHO", "b"),
+        return_exceptions=True)
+    assert (ok1, ok2) == (b"a", b"b")
+    assert isinstance(bad, TypeError), bad
+    assert await auto.execute("ECHO", "c") == b"c"  # nothing half-written: still in sync
+
+
+async def test_error_replies_are_redis_pys_exception_classes(redis) -> None:
+    from redis.exceptions import NoScriptError
+    auto = AutoPipeline(redis)
+    with pytest.raises(NoScriptError):
+        await auto.execute("EVALSHA", "0" * 40, 0)
+
+
+async def test_a_decoding_client_gets_decoded_replies(redis_url: str) -> None:
+    from redis.asyncio import Redis
+    client = Redis.from_url(redis_url, decode_responses=True)
+    auto = AutoPipeline(client)
+    try:
+        assert await auto.execute("ECHO", "é") == "é"
+    finally:
+        await auto.aclose()
+        await client.aclose()
+
+
+async def test_aclose_fails_what_is_in_flight_and_a_later_call_reopens(redis) -> None:
+    auto = AutoPipeline(redis)
+    await auto.execute("PING")
+    blocked = asyncio.ensure_future(auto.execute("BLPOP", "nothing", "5"))
+    await asyncio.sleep(0.1)
+    await auto.aclose()
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(blocked, 2)
+    assert await auto.execute("ECHO", "again") == b"again"
+    await auto.aclose()
+
+
+async def test_each_round_trip_is_timed_once(redis, monkeypatch) -> None:
+    took: list[float] = []
+    monkeypatch.setattr(autopipeline, "ROUND_TRIP_OBSERVERS", [took.append])
+    auto = AutoPipeline(redis)
+    await asyncio.gather(*(auto.execute("PING") for _ in range(10)))  # one turn: one round trip
+    await auto.execute("PING")
+    assert len(took) == 2 and all(t > 0 for t in took)
+    await auto.aclose()

@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 from serverless import nvml, periodic
 from serverless.codec import encode_json
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
-from serverless.queue import wait_for_work
+from serverless.autopipeline import AutoPipeline
+from serverless.queue import wait_for_work_on
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
 from worker import handlers, heartbeat, results
@@ -80,6 +81,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._bell: asyncio.Future[bool] | None = None  # the doorbell wait in progress
+        # the doorbell's BLPOPs, on `blocking`'s settings but a connection of their own, read in
+        # the protocol's callback (serverless/autopipeline.py): one per take loop
+        self._bell_line = AutoPipeline(blocking)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")
@@ -111,6 +115,7 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._deregister()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            await self._bell_line.aclose()
             _current = None
 
     def request_stop(self, *, refresh: bool = False) -> None:
@@ -185,7 +190,7 @@ class Worker:
         """Block on the endpoint's doorbell, at most a second (then take anyway: a safety net
         for a lost ring); request_stop cuts it short (a lost ring costs nothing: the bell is a
         hint, the queue is the truth)."""
-        bell = self._bell = asyncio.ensure_future(wait_for_work(self.blocking, self.endpoint, 1.0))
+        bell = self._bell = asyncio.ensure_future(wait_for_work_on(self._bell_line, self.endpoint, 1.0))
         try:
             await asyncio.wait((bell,))  # returns, not raises, when request_stop cancels it
         finally:

@@ -30,7 +30,10 @@ SYSTEMS = [
     (ArqFastPeer, "arq", "arq"),
     (ArqPeer, "arq", "arq"),
 ]
+# p50: issue 1's absolute bound, and issue 10's bound relative to RunPod's dev server in the
+# same run (a queue, a worker hop and durability included); p99: both issues' 8 ms
 TARGETS = {50: ("<= 1.5 ms", 1.5), 99: ("<= 8 ms", 8.0)}
+P50_TIMES_RUNPOD = 2.0
 
 
 def counts(cls: type, quick: bool) -> tuple[int, int]:
@@ -60,10 +63,16 @@ async def run(opts) -> Section:
     for pct in (50, 90, 99):
         target, limit = TARGETS.get(pct, ("", None))
         ours = percentile(samples["podq"], pct) if "podq" in samples else None
+        met = None if limit is None or ours is None else ours <= limit
+        runpod = samples.get(RunpodPeer.name)
+        if pct == 50 and runpod and ours is not None:
+            bound = P50_TIMES_RUNPOD * percentile(runpod, 50)
+            target += f" and <= {P50_TIMES_RUNPOD:.1f}x RunPod's dev server ({bound:.2f} ms)"
+            met = bool(met) and ours <= bound
         rows.append(Row(
             metric=f"run_sync p{pct} (ms)", podq=ours,
             peers={name: percentile(s, pct) for name, s in samples.items() if name != "podq"},
-            target=target, met=None if limit is None or ours is None else ours <= limit,
+            target=target, met=met,
         ))
     sizes = ", ".join(f"{name} {n}" for name, n in used.items())
     description = (
