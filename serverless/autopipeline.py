@@ -51,7 +51,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 
-from serverless.redis_link import reply_reader, take_over
+from serverless.redis_link import TakenOver, release, reply_reader, take_over
 
 MAX_BATCH = 512  # commands per write; a bigger turn is split into several writes
 # Called with the seconds each round trip took (serverless/gateway/metrics.py registers one per
@@ -59,6 +59,17 @@ MAX_BATCH = 512  # commands per write; a bigger turn is split into several write
 ROUND_TRIP_OBSERVERS: list[Callable[[float], None]] = []
 
 Pending = tuple[tuple[Any, ...], asyncio.Future[Any]]
+
+
+def shared(redis: Redis) -> AutoPipeline:
+    """The AutoPipeline of `redis`: one per client, so every store built on a client shares one
+    connection, and closing it (JobStore.close, before the client's own aclose) closes that
+    connection for all of them."""
+    pipeline = getattr(redis, "_podq_autopipeline", None)
+    if pipeline is None:
+        pipeline = AutoPipeline(redis)
+        redis._podq_autopipeline = pipeline  # type: ignore[attr-defined]
+    return pipeline
 
 
 class AutoPipeline:
@@ -86,8 +97,8 @@ class AutoPipeline:
             self._opening.cancel()
             await asyncio.gather(self._opening, return_exceptions=True)
         if self._link is not None:
-            self._link.close()
-            self._link = None
+            link, self._link = self._link, None
+            await link.close(self.redis)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -127,15 +138,15 @@ class _Link(asyncio.Protocol):
         # one entry per command written and not yet answered: (its future, the batch's start
         # time on the batch's last command when round trips are timed, else 0.0)
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self._writer: asyncio.StreamWriter | None = None  # held: see redis_link.take_over
+        self._taken: TakenOver | None = None
         self._transport: asyncio.WriteTransport | None = None
         self.open = False
 
     @classmethod
     async def open(cls, redis: Redis) -> _Link:
         link = cls(reply_reader(redis))
-        link._writer = await take_over(redis, link)
-        link._transport = link._writer.transport
+        link._taken = await take_over(redis, link)
+        link._transport = link._taken.transport
         link.open = True
         return link
 
@@ -174,9 +185,9 @@ class _Link(asyncio.Protocol):
             self._waiting.append((future, 0.0))
         return b"".join(packed)
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+    async def close(self, redis: Redis) -> None:
+        if self._taken is not None:
+            await release(redis, self._taken)
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -205,6 +216,8 @@ class _Link(asyncio.Protocol):
             future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._taken is not None:  # redis-py's own protocol learns it too (redis_link.TakenOver)
+            self._taken.stream_protocol.connection_lost(exc)
         self._fail(RedisConnectionError(
             f"Connection to Redis lost{f' ({exc})' if exc else ''}; the command may or may "
             "not have run"))

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from serverless import keys, metrics_store
-from serverless.autopipeline import AutoPipeline
+from serverless.autopipeline import AutoPipeline, shared
 from serverless.errors import ConfigError
 from serverless.queue import NEEDS_REDIS_7, UPGRADE, connection_error, require_functions, server_url
 
@@ -74,7 +74,7 @@ class Library:
     def __init__(self, redis: Redis, source: Source | None = None,
                  pipeline: AutoPipeline | None = None) -> None:
         self.redis = redis
-        self.pipeline = pipeline or AutoPipeline(redis)  # FCALLs of one loop turn go together
+        self.pipeline = pipeline or shared(redis)  # FCALLs of one loop turn go together
         self.source = source or library_source()
         self._generation = 0  # loads done by this object; 0: not loaded yet
         self._lock = asyncio.Lock()

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError
 
 from serverless import keys
-from serverless.redis_link import reply_reader, take_over
+from serverless.redis_link import TakenOver, release, reply_reader, take_over
 
 log = logging.getLogger("podq.notify")
 
@@ -123,18 +123,18 @@ async def listen_forever(
     command = hiredis.pack_command(("PSUBSCRIBE" if pattern else "SUBSCRIBE", channel))
     while True:
         subscription = _Subscription(reply_reader(redis), on_message, on_ready, loop.create_future(), name)
-        writer: asyncio.StreamWriter | None = None
+        taken: TakenOver | None = None
         try:
-            writer = await take_over(redis, subscription)
-            writer.transport.write(command)
+            taken = subscription.taken = await take_over(redis, subscription)
+            taken.transport.write(command)
             raise await subscription.lost
         except (RedisError, OSError) as e:
             log.warning("%s lost its Redis subscription (%s); reconnecting", name, e)
             on_lost()
             await asyncio.sleep(0.5)
         finally:
-            if writer is not None:
-                writer.close()
+            if taken is not None:
+                await release(redis, taken)
 
 
 class _Subscription(asyncio.Protocol):
@@ -145,6 +145,7 @@ class _Subscription(asyncio.Protocol):
                  on_ready: Callable[[], None], lost: asyncio.Future[Exception], name: str) -> None:
         self._reader, self._on_message, self._on_ready = reader, on_message, on_ready
         self.lost, self._name = lost, name
+        self.taken: TakenOver | None = None
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -175,6 +176,8 @@ class _Subscription(asyncio.Protocol):
             self.lost.set_result(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.taken is not None:  # redis-py's own protocol learns it too (redis_link.TakenOver)
+            self.taken.stream_protocol.connection_lost(exc)
         self._end(RedisConnectionError(f"Connection to Redis lost{f' ({exc})' if exc else ''}"))
 
     def eof_received(self) -> bool | None:

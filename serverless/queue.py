@@ -33,7 +33,7 @@ from redis.asyncio import Redis, SSLConnection
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serverless import keys
+from serverless import clock, keys
 from serverless.autopipeline import AutoPipeline
 from serverless.errors import ConfigError, RedisUnavailable, redact_text, redact_url
 
@@ -186,6 +186,7 @@ async def connect(url: str) -> ArqRedis:
             continue
         try:
             await require_functions(pool, url)
+            await clock.sync(pool)  # this process's times go on Redis's clock
         except (OSError, RedisError, asyncio.TimeoutError) as e:
             await pool.aclose()
             raise connection_error(url, e) from e

@@ -12,11 +12,12 @@ and acts on each reply in the callback, with no task woken in between.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 from redis._parsers import BaseParser
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 
@@ -33,22 +34,40 @@ def reply_reader(redis: Redis) -> hiredis.Reader:
     return hiredis.Reader(**options)
 
 
-async def take_over(redis: Redis, protocol: asyncio.Protocol) -> asyncio.StreamWriter:
-    """Open a connection with the settings of `redis`'s pool (outside the pool), let redis-py
-    connect and authenticate it, then make `protocol` its protocol.
+class TakenOver(NamedTuple):
+    """A connection `take_over` handed to a protocol."""
 
-    Returns the connection's StreamWriter: write through its `transport`, close it with `close()`,
-    and keep it referenced while the connection is in use (a collected StreamWriter may close
-    its transport). redis-py's connection object lets go of it, so collecting that object
-    closes nothing. Raises redis-py's ConnectionError (AuthenticationError, TimeoutError...)
-    when it cannot connect."""
+    connection: AbstractConnection  # redis-py's, kept in its client's pool (see take_over)
+    transport: asyncio.WriteTransport
+    # redis-py's stream protocol the connection had: the new protocol's connection_lost must
+    # call its connection_lost too, so redis-py's disconnect (which waits for it) returns
+    stream_protocol: asyncio.BaseProtocol
+
+
+async def take_over(redis: Redis, protocol: asyncio.Protocol) -> TakenOver:
+    """Open a connection with the settings of `redis`'s pool, let redis-py connect and
+    authenticate it, then make `protocol` its protocol.
+
+    The connection is counted among the pool's connections in use, so closing the client
+    (`aclose`, which disconnects every connection of the pool) closes it too, even when its
+    owner never gets to `release` it. Raises redis-py's ConnectionError (AuthenticationError,
+    TimeoutError...) when it cannot connect."""
     pool = redis.connection_pool
     connection = pool.connection_class(**pool.connection_kwargs)
     await connection.connect()
     writer = getattr(connection, "_writer", None)
-    if not isinstance(writer, asyncio.StreamWriter):  # a redis-py laid out differently: say so
-        await connection.disconnect()
-        raise RedisConnectionError("redis-py connected without an asyncio stream writer")
-    connection._writer = connection._reader = None  # its __del__ would close our transport
+    in_use = getattr(pool, "_in_use_connections", None)
+    if not isinstance(writer, asyncio.StreamWriter) or not isinstance(in_use, set):
+        await connection.disconnect()  # a redis-py laid out differently: say so, do not guess
+        raise RedisConnectionError("this redis-py version is not one podq's connections know "
+                                   "(redis>=5,<6 is required)")
+    stream_protocol = writer.transport.get_protocol()
     writer.transport.set_protocol(protocol)
-    return writer
+    in_use.add(connection)
+    return TakenOver(connection, writer.transport, stream_protocol)
+
+
+async def release(redis: Redis, taken: TakenOver) -> None:
+    """Close a connection `take_over` made and take it out of the pool's count."""
+    redis.connection_pool._in_use_connections.discard(taken.connection)
+    await taken.connection.disconnect(nowait=True)

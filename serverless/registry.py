@@ -22,6 +22,7 @@ import uuid
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from serverless import keys
 from serverless.errors import BadRequest, Conflict, NotFound
@@ -301,6 +302,27 @@ class Registry:
             pipe.hset(keys.REGISTRY_TIMEOUTS, endpoint.id, endpoint.execution_timeout_ms)
             await pipe.execute()
         return endpoint  # its status lives apart (set_status)
+
+    async def backfill_indexes(self) -> int:
+        """Index the endpoints stored before an index existed (an upgrade): each endpoint's
+        execution timeout in keys.REGISTRY_TIMEOUTS and its webhook in keys.REGISTRY_WEBHOOKS,
+        where the endpoint has no entry yet (HSETNX: a value put_endpoint wrote is never
+        replaced). Watches the endpoints hash, so an endpoint deleted meanwhile is not indexed
+        again. Returns how many entries it wrote."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(keys.REGISTRY_ENDPOINTS)
+                    stored = [endpoint_decoder.decode(v)
+                              for v in (await pipe.hgetall(keys.REGISTRY_ENDPOINTS)).values()]
+                    pipe.multi()
+                    for endpoint in stored:
+                        pipe.hsetnx(keys.REGISTRY_TIMEOUTS, endpoint.id, endpoint.execution_timeout_ms)
+                        if endpoint.webhook:
+                            pipe.hsetnx(keys.REGISTRY_WEBHOOKS, endpoint.id, endpoint.webhook)
+                    return sum(await pipe.execute())
+                except WatchError:  # an endpoint was written meanwhile: read them again
+                    continue
 
     async def endpoint_webhook(self, endpoint_id: str) -> str | None:
         """The endpoint's post-inference webhook, or None (one HGET, no decoding)."""

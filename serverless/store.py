@@ -20,8 +20,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from serverless import keys, lifecycle
+from serverless import clock, keys, lifecycle
 from serverless.autopipeline import pairs
+from serverless.clock import now_ms
 from serverless.codec import beat_decoder, encode_json, record_fields, record_from_hash, taken_from_reply
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.functions import Library
@@ -49,10 +50,6 @@ TIMEOUT_ERROR = (
 PURGE_ERROR = "removed from the queue by purge-queue"
 PURGE_BATCH = 1000  # queued jobs ended per purge script call
 CHUNK_STREAM_MAXLEN = 1_000_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class TransitionResult(msgspec.Struct):
@@ -474,6 +471,8 @@ class JobStore:
         if self.reaping_held():
             return 0, 0
         try:
+            if clock.due():  # leases are compared on Redis's clock (serverless/clock.py)
+                await clock.sync(self.redis)
             requeued, failed, _ = await self._lib.call(
                 "reap", [keys.leases(endpoint), keys.deadlines(endpoint)],
                 [

@@ -33,7 +33,9 @@ async def test_one_turn_of_commands_is_one_connection_and_each_caller_gets_its_r
     await redis.ping()  # the pool's first connection exists
     before = connections(redis)
     replies = await asyncio.gather(*(auto.execute("INCRBY", "n", i) for i in range(1, 201)))
-    assert connections(redis) == before  # plain execute_command x200 concurrently opens ~200
+    # one connection more, the pipeline's own (counted in the pool, so the client's aclose
+    # closes it); plain execute_command x200 concurrently opens ~200
+    assert connections(redis) == before + 1
     assert sorted(replies) == sorted(set(replies)) and max(replies) == sum(range(1, 201))
     assert int(await redis.get("n")) == sum(range(1, 201))
 
@@ -141,3 +143,20 @@ async def test_each_round_trip_is_timed_once(redis, monkeypatch) -> None:
     await auto.execute("PING")
     assert len(took) == 2 and all(t > 0 for t in took)
     await auto.aclose()
+
+
+async def test_closing_the_client_closes_the_pipelines_connection(redis_url: str) -> None:
+    client = await connect(redis_url)
+    auto = AutoPipeline(client)
+    await auto.execute("CLIENT", "SETNAME", "the-pipeline")
+    names = lambda listing: [c.split("name=")[1].split()[0] for c in listing.decode().splitlines()]  # noqa: E731
+    await asyncio.wait_for(client.aclose(), 3)  # returns: redis-py learns the connection closed
+    observer = await connect(redis_url)
+    try:
+        for _ in range(100):
+            if "the-pipeline" not in names(await observer.execute_command("CLIENT", "LIST")):
+                break
+            await asyncio.sleep(0.02)
+        assert "the-pipeline" not in names(await observer.execute_command("CLIENT", "LIST"))
+    finally:
+        await observer.aclose()

@@ -39,7 +39,7 @@ USER_PASSWORD = "acl-Pa55word-42"
 # @dangerous (no FLUSHALL, CONFIG, KEYS, INFO, DEBUG, SCRIPT FLUSH, FUNCTION FLUSH, ...).
 PODQ_ACL = ("resetkeys ~podq:* resetchannels &podq:* &podq:ep:*:done -@all +@read +@write +@pubsub "
             "+@blocking +@connection +@transaction +fcall +function|load +eval +evalsha "
-            "+script|load +script|exists -@dangerous")
+            "+script|load +script|exists +time -@dangerous")
 
 
 def make_certs(directory: Path) -> TLSFiles:

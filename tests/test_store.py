@@ -482,6 +482,35 @@ async def test_a_job_without_its_own_timeout_takes_its_endpoints_current_one(sto
     assert await taken_timeout() is None  # in no registry: the worker's own setting applies
 
 
+async def test_endpoints_stored_before_their_indexes_are_indexed_at_gateway_start(store: JobStore) -> None:
+    """An upgrade: endpoints stored by an older podq have no execution-timeout (or webhook)
+    index entry, so `take` could not apply their timeout. A gateway start writes the missing
+    entries and leaves the ones put_endpoint wrote alone."""
+    from serverless import keys
+    from serverless.gateway.app import backfill_registry
+    from serverless.model import EndpointConfig, Template
+    from serverless.registry import Registry
+
+    registry = Registry(store.redis)
+    await registry.put_template(Template(id="t-old", name="t", handler="h.py"))
+    old = await registry.put_endpoint(EndpointConfig(
+        id="ep-old", name="old", template_id="t-old", execution_timeout_ms=4_321,
+        webhook="https://example.com/hook"))
+    current = await registry.put_endpoint(EndpointConfig(
+        id="ep-new", name="new", template_id="t-old", execution_timeout_ms=1_000))
+    await store.redis.hdel(keys.REGISTRY_TIMEOUTS, old.id)  # as an older podq left it
+    await store.redis.hdel(keys.REGISTRY_WEBHOOKS, old.id)
+    await store.redis.hset(keys.REGISTRY_TIMEOUTS, current.id, 2_000)  # not overwritten
+
+    assert await backfill_registry(store) == 2
+    assert await store.redis.hget(keys.REGISTRY_TIMEOUTS, old.id) == b"4321"
+    assert await store.redis.hget(keys.REGISTRY_WEBHOOKS, old.id) == b"https://example.com/hook"
+    assert await store.redis.hget(keys.REGISTRY_TIMEOUTS, current.id) == b"2000"
+    await store.submit(old.id, req())
+    assert (await store.take(old.id, "w1")).execution_timeout_ms == 4_321
+    assert await backfill_registry(store) == 0  # nothing left to index
+
+
 async def test_reaping_waits_for_workers_to_renew_after_redis_was_unreachable(
         store: JobStore, endpoint: str) -> None:
     """After an outage longer than a lease every running job's lease looks expired: a reaper

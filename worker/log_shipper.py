@@ -36,7 +36,6 @@ import itertools
 import logging
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from serverless import keys
+from serverless.clock import now_ms
 from serverless.settings import Settings
 from worker.handlers import current_job
 
@@ -260,7 +260,7 @@ class LogShipper:
         job = current_job.get()
         if job is None:
             job = "" if threading.get_ident() == self._loop_thread else only_job(self._running())
-        ms = time.time_ns() // 1_000_000
+        ms = now_ms()  # on Redis's clock, as every time podq stores (serverless/clock.py)
         self.buffer.add((ms, stream, job, level, text if len(text) <= LINE_MAX else cap(text)))
 
     def install(self) -> None:

@@ -231,6 +231,28 @@ def _reaper(interval_s: float) -> Callable[[web.Application], AsyncIterator[None
     return ctx
 
 
+async def backfill_registry(store: JobStore, retry_s: float = 5.0) -> int:
+    """Index the endpoints stored before their indexes existed (Registry.backfill_indexes), once
+    per gateway start, retried until Redis answers; returns how many entries it wrote."""
+    while True:
+        try:
+            written = await Registry(store.redis).backfill_indexes()
+        except (RedisError, OSError) as e:
+            log.warning("indexing stored endpoints failed: %s (retrying in %.0f s)", e, retry_s)
+            await asyncio.sleep(retry_s)
+            continue
+        if written:
+            log.info("indexed %d setting(s) of endpoints stored before their index existed", written)
+        return written
+
+
+async def _backfill(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(backfill_registry(app[state.STORE]), name="podq-registry-backfill")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     dispatcher = WebhookDispatcher(app[state.STORE], app[state.WEBHOOK_POLICY],
                                    metrics.webhook_observer(app))
@@ -300,6 +322,7 @@ def create_app(
     console.install(app)  # /console: the web console and its history sampler
     app[state.CHUNK_FANOUT] = ChunkFanout(store.redis)  # SSE: one shared chunk reader
     metrics.install(app, settings)
-    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _webhooks, fanout_lifecycle, _objects])
+    app.cleanup_ctx.extend([_reaper(options.reap_interval_s), _backfill, _webhooks, fanout_lifecycle,
+                             _objects])
     app.cleanup_ctx.append(batch_routes.runners)  # batch jobs: one runner per batch over all replicas
     return app

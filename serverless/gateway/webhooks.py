@@ -12,7 +12,8 @@ webhook when one starts. A dispatcher that stops hands what it claimed back; one
 alive mark in `podq:webhooks:dispatchers`, renewed every ALIVE_RENEW_S, runs out) has its claimed
 ids moved back by another, so a gateway crash loses no webhook. Delivery is at least once: a
 crash after a POST and before the id is dropped delivers that one again. A job that is retried
-and ends again is pushed again.
+and ends again is pushed again. A job that cannot be read when its id is claimed (a Redis error)
+is read again with backoff while its id stays claimed, never dropped.
 Each delivery's outcome (success, failure, refused) and each retry is told to an observer:
 the gateway's /metrics counts them (serverless/gateway/metrics.py).
 
@@ -60,6 +61,8 @@ log = logging.getLogger("podq.webhooks")
 SCHEMES = ("http", "https")
 ALIVE_MS = 30_000  # how long a dispatcher counts as alive after its last mark
 ALIVE_RENEW_S = 5.0  # how often it marks itself alive and looks for dead ones' claimed ids
+# a delivery whose job cannot be read (Redis error) tries again after these, doubling
+READ_RETRY_FIRST_S, READ_RETRY_MAX_S = 0.25, 5.0
 _EXAMPLE = "send an absolute URL such as https://example.com/hook"
 
 
@@ -304,25 +307,35 @@ class WebhookDispatcher:
     async def _handle(self, job_id: str) -> None:
         """Deliver, then drop the id from this dispatcher's claimed list (a cancelled delivery,
         on close, leaves it there to be handed back)."""
-        await self._deliver(job_id)
+        found = await self._read(job_id)
+        if found is not None:
+            record, endpoint_hook = found
+            urls = targets(record.webhook, endpoint_hook)
+            if urls:
+                body = encode(lifecycle.status_body(record, now_ms()))
+                await asyncio.gather(*(self._send(record, url, body) for url in urls))
         try:
             await self._store.redis.lrem(self._claimed, 1, job_id)
         except (RedisError, OSError) as e:  # it is delivered again after a hand-back: at least once
             log.warning("webhook for job %s delivered but not dropped from the claimed list: %s", job_id, e)
 
-    async def _deliver(self, job_id: str) -> None:
-        try:
-            record = await self._store.get(job_id)
-            if record is None or record.status not in TERMINAL_STATUSES:
-                return  # its result expired before delivery, or it was retried meanwhile
-            endpoint_hook = await self._registry.endpoint_webhook(record.endpoint)
-        except RedisError as e:
-            log.warning("webhook for job %s not delivered: Redis error %s", job_id, e)
-            return
-        urls = targets(record.webhook, endpoint_hook)
-        if urls:
-            body = encode(lifecycle.status_body(record, now_ms()))
-            await asyncio.gather(*(self._send(record, url, body) for url in urls))
+    async def _read(self, job_id: str) -> tuple[JobRecord, str | None] | None:
+        """The finished job and its endpoint's webhook; None when there is nothing to deliver
+        (its result expired, or it was retried meanwhile). A Redis error is retried, with
+        backoff up to READ_RETRY_MAX_S, until Redis answers or the dispatcher closes: the id
+        stays claimed meanwhile, so it is never dropped undelivered."""
+        delay = READ_RETRY_FIRST_S
+        while True:
+            try:
+                record = await self._store.get(job_id)
+                if record is None or record.status not in TERMINAL_STATUSES:
+                    return None
+                return record, await self._registry.endpoint_webhook(record.endpoint)
+            except (RedisError, OSError) as e:
+                log.warning("webhook for job %s: reading the job failed (%s); retrying in %.1f s",
+                            job_id, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, READ_RETRY_MAX_S)
 
     async def _send(self, record: JobRecord, url: str, body: bytes) -> None:
         assert self._session is not None

@@ -279,3 +279,50 @@ async def test_a_gateway_that_stops_hands_its_undelivered_webhooks_back(
     await a.close()  # the hanging delivery is cancelled: its id goes back to the shared list
     assert await store.redis.lrange(keys.WEBHOOKS, 0, -1) == [job.id.encode()]
     assert await store.redis.hlen(keys.WEBHOOK_DISPATCHERS) == 0
+
+
+async def test_a_job_that_cannot_be_read_at_delivery_is_read_again_not_dropped(
+    store: JobStore, endpoint: str, receiver, redis_server, settings
+) -> None:
+    """The dispatcher's Redis user may not read job hashes for a while (a real NOPERM from
+    Redis, as any Redis error): the delivery waits, its id stays claimed, and the webhook
+    arrives once the read works again."""
+    import msgspec
+
+    from serverless import keys
+    from serverless.gateway.webhooks import WebhookDispatcher
+    from serverless.model import RunRequest
+    from serverless.queue import connect
+
+    user, password = "hooks", "hooks-password"
+    await store.redis.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*",
+                                      "+@all", "-hgetall")
+    hooks_settings = msgspec.structs.replace(settings, redis_url=redis_server.url_for(user, password))
+    hooks_store = JobStore(await connect(hooks_settings.redis_url), hooks_settings)
+    rec = await receiver()
+    dispatcher = WebhookDispatcher(hooks_store, WebhookPolicy(allow_private=True))
+    await dispatcher.start()
+    try:
+        job = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}"), webhook=rec.url))
+        taken = await store.take(endpoint, "w")
+        await store.finish(job.id, taken.attempt, Status.COMPLETED, output=b"1")
+        claimed = keys.WEBHOOKS_CLAIMED.format(dispatcher.id)
+        for _ in range(100):  # claimed, and its read refused (NOPERM) at least once
+            if await store.redis.lrange(claimed, 0, -1) == [job.id.encode()]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.6)
+        assert rec.bodies == []
+        assert await store.redis.lrange(claimed, 0, -1) == [job.id.encode()]  # not dropped
+        await store.redis.execute_command("ACL", "SETUSER", user, "+hgetall")
+        await rec.wait_for(1, timeout=10)
+        assert [b["id"] for b in rec.bodies] == [job.id]
+        for _ in range(100):
+            if await store.redis.llen(claimed) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await store.redis.llen(claimed) == 0
+    finally:
+        await dispatcher.close()
+        await hooks_store.close()
+        await store.redis.execute_command("ACL", "DELUSER", user)
