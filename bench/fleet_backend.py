@@ -9,7 +9,8 @@ The generator (`python -m bench.fleet_backend --port P`) plays every worker it i
 podq's own worker runtime, `worker.runtime.Worker`, many of them in one asyncio loop: the same
 take loop (FCALL take, BLPOP on the doorbell), heartbeat, lease renewal, reap, cancel watch and
 fenced finish as `python -m worker`, each worker with its own Redis connections (its JobStore
-pool and its blocking doorbell connection, as worker/process.py opens them) and its own settings
+pool, which also counts its pipeline, doorbell and cancel-watch connections, as worker/process.py
+opens it) and its own settings
 from PODQ_* like a real worker. Its handler is `async def` and sleeps a uniform 50-200 ms, so a
 worker serves about 8 jobs/s. What a simulated worker lacks: a process of its own (and the
 watchdog thread worker/process.py starts), real work in the handler, NVML, and INFO log lines
@@ -41,7 +42,7 @@ from scaler.backends.base import BackendError, WorkerHandle, WorkerSpec
 from serverless import eventloop
 from serverless.errors import PodqError
 from serverless.model import WorkerBeat
-from serverless.queue import connect, connect_single
+from serverless.queue import connect
 from serverless.settings import Settings, load_settings
 from serverless.store import JobStore, now_ms
 from worker.config import HandlerConfig
@@ -292,22 +293,21 @@ class Fleet:
         task.add_done_callback(self.pending.discard)
 
     async def launch(self, launch: Launch, writer: asyncio.StreamWriter) -> None:
-        # what worker/process.py's serve() opens: a JobStore pool and a blocking connection
+        # what worker/process.py's serve() opens: a JobStore pool (its pipeline, doorbell and
+        # cancel-watch connections are counted in it)
         settings = self.settings.with_overrides(redis_url=launch.redis_url)
         try:
             async with self.opening:
                 store = BeatClock(await connect(settings.redis_dsn), settings, self)
-                blocking = await connect_single(settings.redis_dsn)
         except (PodqError, RedisError, OSError) as e:  # a worker process would exit here
             writer.write(_line(Exited(launch.worker_id, f"could not connect: {e}")))
             return
-        worker = Worker(self.config, store, blocking, settings, launch.endpoint_id, launch.worker_id)
+        worker = Worker(self.config, store, settings, launch.endpoint_id, launch.worker_id)
         worker.version = launch.version
-        task = asyncio.create_task(self._serve(worker, store, blocking, writer), name=launch.worker_id)
+        task = asyncio.create_task(self._serve(worker, store, writer), name=launch.worker_id)
         self.workers[launch.worker_id] = (worker, task)
 
-    async def _serve(self, worker: Worker, store: JobStore, blocking: Redis,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, worker: Worker, store: JobStore, writer: asyncio.StreamWriter) -> None:
         reason = "its run ended"
         try:
             await worker.run()
@@ -315,7 +315,6 @@ class Fleet:
             reason = f"it failed: {e!r}"
         finally:
             self.workers.pop(worker.worker_id, None)
-            await blocking.aclose()
             await store.close()
         if worker.worker_id not in self.halting:
             writer.write(_line(Exited(worker.worker_id, reason)))

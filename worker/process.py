@@ -16,7 +16,7 @@ from typing import Any
 
 from serverless import eventloop, logs, nvml
 from serverless.errors import ConfigError, PodqError
-from serverless.queue import connect, connect_single
+from serverless.queue import connect
 from serverless.settings import Settings, load_settings
 from serverless.store import JobStore
 from worker import local, log_shipper
@@ -92,8 +92,7 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
     """Run one Worker to completion; returns True when it asked to be refreshed."""
     assert settings.endpoint_id is not None
     store = JobStore(await connect(settings.redis_dsn), settings)
-    blocking = await connect_single(settings.redis_dsn)
-    worker = Worker(config, store, blocking, settings, settings.endpoint_id, worker_id)
+    worker = Worker(config, store, settings, settings.endpoint_id, worker_id)
     worker.install_signal_handlers()
     watchdog = Watchdog(worker, settings, on_blocked=lambda: reexec(worker_id))
     watchdog.start()
@@ -102,7 +101,6 @@ async def serve(config: HandlerConfig, settings: Settings, worker_id: str) -> bo
             await worker.run()
     finally:
         await watchdog.stop()
-        await blocking.aclose()
         await store.close()
     return worker.refresh_requested
 

@@ -18,7 +18,6 @@ from contextvars import ContextVar
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from serverless import nvml, periodic
@@ -67,10 +66,10 @@ class Deadline(msgspec.Struct, frozen=True):
 
 class Worker:
     def __init__(
-        self, config: HandlerConfig, store: JobStore, blocking: Redis, settings: Settings,
-        endpoint: str, worker_id: str,
+        self, config: HandlerConfig, store: JobStore, settings: Settings, endpoint: str,
+        worker_id: str,
     ) -> None:
-        self.config, self.store, self.blocking = config, store, blocking
+        self.config, self.store = config, store
         self.settings, self.endpoint, self.worker_id = settings, endpoint, worker_id
         self.active: dict[str, ActiveJob] = {}
         self.concurrency = 1
@@ -81,9 +80,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._bell: asyncio.Future[bool] | None = None  # the doorbell wait in progress
-        # the doorbell's BLPOPs, on `blocking`'s settings but a connection of their own, read in
-        # the protocol's callback (serverless/autopipeline.py): one per take loop
-        self._bell_line = AutoPipeline(blocking)
+        # the doorbell's BLPOPs, on a connection of their own (a BLPOP holds back what follows
+        # it) with the store client's settings, counted in its pool (serverless/autopipeline.py)
+        self._bell_line = AutoPipeline(store.redis)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")

@@ -51,6 +51,7 @@ from serverless.errors import Conflict
 from serverless.model import TERMINAL_STATUSES, Policy, RunRequest
 from serverless.notify import listen_forever
 from serverless.objects import ObjectStore
+from serverless.registry import Registry
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
 
@@ -80,6 +81,7 @@ class Runner:
     def __init__(self, batches: BatchStore, jobs: JobStore, objects: ObjectStore, batch_id: str,
                  owner: str) -> None:
         self.batches, self.jobs, self.objects = batches, jobs, objects
+        self.registry = Registry(batches.redis)
         self.id, self.owner = batch_id, owner
         self.wake = asyncio.Event()
         self.notified: set[int] = set()
@@ -268,7 +270,7 @@ class Runner:
         if not lines:
             return False
         # an endpoint webhook is delivered from the job's record: leave it a while to be read
-        hooked = await self.batches.redis.hexists(keys.REGISTRY_WEBHOOKS, self.meta.endpoint_id)
+        hooked = await self.registry.endpoint_webhook(self.meta.endpoint_id) is not None
         await self.batches.collect(self.id, self.owner, lines, counted, done,
                                    keep_ms=WEBHOOK_READ_MS if hooked else 0)
         self.in_flight -= set(lines)

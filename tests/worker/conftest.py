@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from serverless.queue import connect, connect_single
+from serverless.queue import connect
 from serverless.settings import Settings
 from serverless.store import JobStore
 from worker.config import parse_config
@@ -27,8 +27,7 @@ async def running_worker(settings: Settings, endpoint: str, config: dict[str, An
     """A real Worker in this event loop, against the real redis-server, registered (its first
     beat written: the gateway knows its endpoint) before it is yielded; stopped on exit."""
     store = JobStore(await connect(settings.redis_url), settings)
-    blocking = await connect_single(settings.redis_url)
-    worker = Worker(parse_config(config), store, blocking, settings, endpoint, worker_id)
+    worker = Worker(parse_config(config), store, settings, endpoint, worker_id)
     task = asyncio.create_task(worker.run())
     try:
         for _ in range(500):
@@ -39,7 +38,6 @@ async def running_worker(settings: Settings, endpoint: str, config: dict[str, An
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
-        await blocking.aclose()
         await store.close()
 
 
