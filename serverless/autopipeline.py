@@ -33,7 +33,8 @@ per batch, not per command, and none while no observer is registered.
 
 Only commands that answer at once belong on a shared pipeline: a blocking command (BLPOP, XREAD
 BLOCK) would hold every command sent after it. A pipeline of its own may carry one blocking
-command at a time (a worker's doorbell, serverless/queue.py `wait_for_work_on`). A caller that is
+command at a time, and what is sent behind it runs when it returns (a worker's doorbell and the
+take behind it, JobStore.take_when_rung). A caller that is
 cancelled does not cancel its command (it is already on its way with the others); its reply is
 dropped, as a reply that arrives after a client disconnects is.
 """
@@ -84,12 +85,17 @@ class AutoPipeline:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command with whatever else this turn sends; its reply, or raise its error."""
+        return await self.send(*args)
+
+    def send(self, *args: Any) -> asyncio.Future[Any]:
+        """`execute` without the wait: the command joins this turn's batch and the future gets
+        its reply. Commands sent in one turn are written together, in the order sent."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append((args, future))
-        return await future
+        return future
 
     async def aclose(self) -> None:
         """Close the pipeline's connection (commands in flight fail); a later call reopens one."""

@@ -64,7 +64,8 @@ def library_source() -> Source:
     return Source(name, f"#!lua name={name}\nlocal PREFIX = '{name}_'\n{body}")
 
 
-def _function_missing(e: ResponseError) -> bool:
+def function_missing(e: ResponseError) -> bool:
+    """Whether Redis answered that a function is not loaded (it restarted without them)."""
     return "function not found" in str(e).lower()
 
 
@@ -97,7 +98,7 @@ class Library:
         try:
             return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)
         except ResponseError as e:
-            if not _function_missing(e):
+            if not function_missing(e):
                 raise
         await self._load(seen)
         return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)

@@ -16,6 +16,9 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
               podq:ep:{ep}:held:{w}    SET   jobs handed to RunPod-protocol worker w (a take
                                              with job_in_progress=0 requeues those it still has)
               podq:ep:{ep}:stops:{w}   LIST  cancelled / timed-out job ids for worker w's job-stop
+              podq:ep:{ep}:wake:{w}    LIST  pushed when worker w stops while it waits on the
+                                             doorbell: its BLPOP watches the bell and this list
+                                             (store.take_when_rung, wake_taker); PEXPIRE 60 s
               podq:ep:{ep}:logs        STREAM  worker log lines (worker/log_shipper.py): fields ts,
                                        worker, job, stream, level, line; MAXLEN ~ PODQ_LOG_STREAM_MAXLEN.
                                        Lines a worker had to drop are counted in the stats hash,
@@ -87,6 +90,7 @@ CANCEL = "podq:ep:{}:cancel"
 DEADLINES = "podq:ep:{}:deadlines"
 HELD = "podq:ep:{}:held"  # + ":" + worker id
 STOPS = "podq:ep:{}:stops"  # + ":" + worker id
+WAKE = "podq:ep:{}:wake"  # + ":" + worker id
 LOGS = "podq:ep:{}:logs"
 # the console's recent jobs: job id -> submit score, the newest RECENT_CAP kept (submit function)
 RECENT = "podq:ep:{}:recent"
@@ -196,6 +200,10 @@ def held(endpoint: str, worker_id: str) -> str:
 
 def stops(endpoint: str, worker_id: str) -> str:
     return f"{STOPS.format(endpoint)}:{worker_id}"
+
+
+def wake(endpoint: str, worker_id: str) -> str:
+    return f"{WAKE.format(endpoint)}:{worker_id}"
 
 
 def logs(endpoint: str) -> str:

@@ -34,7 +34,6 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serverless import clock, keys
-from serverless.autopipeline import AutoPipeline
 from serverless.errors import ConfigError, RedisUnavailable, redact_text, redact_url
 
 log = logging.getLogger("podq.queue")
@@ -263,11 +262,3 @@ async def wait_for_work(blocking: Redis, endpoint: str, timeout_s: float) -> boo
     once, each cancelled when its client leaves)."""
     return await blocking.blpop([keys.bell(endpoint)], timeout=timeout_s) is not None
 
-
-async def wait_for_work_on(line: AutoPipeline, endpoint: str, timeout_s: float) -> bool:
-    """`wait_for_work` on a pipeline that carries nothing else (a worker's one take loop): the
-    BLPOP's reply is read in the connection's protocol callback (serverless/autopipeline.py).
-    A wait cancelled before its reply leaves the BLPOP in flight until a ring or the timeout;
-    a ring it takes is lost, which costs at most the next wait's timeout (the bell is a hint,
-    the queue is the truth)."""
-    return await line.execute("BLPOP", keys.bell(endpoint), timeout_s) is not None

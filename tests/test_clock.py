@@ -86,7 +86,7 @@ async def test_a_user_who_may_not_run_time_connects_and_keeps_the_hosts_clock(
     await store.redis.execute_command("ACL", "SETUSER", "no-time", "on", ">pw", "~*", "&*",
                                       "+@all", "-time")
     clock._offset_ms, clock._synced_at = 0, float("-inf")
-    monkeypatch_refused = clock._refused
+    monkeypatch_refused, clock._refused = clock._refused, False  # an earlier test may have warned
     try:
         redis = await connect(redis_server.url_for("no-time", "pw"))
         await redis.aclose()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import pytest
@@ -545,3 +546,89 @@ async def test_a_reap_that_cannot_reach_redis_holds_reaping_back() -> None:
         assert unreachable.reaping_held()
     finally:
         await unreachable.close()
+
+
+# ---- take_when_rung: the doorbell's BLPOP and the take behind it, one write ----------------
+
+@pytest.fixture
+async def bell_line(store: JobStore):
+    from serverless.autopipeline import AutoPipeline
+
+    line = AutoPipeline(store.redis)
+    yield line
+    await line.aclose()
+
+
+async def test_a_take_behind_the_doorbell_leases_the_job_that_rang(
+        store: JobStore, endpoint: str, bell_line) -> None:
+    waiting = asyncio.ensure_future(store.take_when_rung(bell_line, endpoint, "w1", 4, 5.0))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # blocked on the bell: nothing queued
+    rec = await store.submit(endpoint, req({"n": 1}))
+    taken = await asyncio.wait_for(waiting, 1.0)  # the ring, not the 5 s timeout
+    assert [(t.id, t.attempt, bytes(t.input)) for t in taken] == [(rec.id, 1, b'{"n":1}')]
+    got = await store.get(rec.id)
+    assert (got.status, got.worker_id, got.tries) == (Status.IN_PROGRESS, "w1", 1)
+    lease = await store.redis.zscore(f"podq:ep:{endpoint}:leases", rec.id)
+    assert lease == got.started_at + store.settings.lease_ms
+
+
+async def test_a_take_behind_the_doorbell_runs_on_redis_clock(
+        store: JobStore, endpoint: str, bell_line, monkeypatch) -> None:
+    """It runs when the ring comes, up to its timeout after it was sent, so it reads Redis's
+    TIME: a host clock 30 s behind (not synced) does not date the lease."""
+    from serverless import clock
+
+    monkeypatch.setattr(clock, "_wall_ns", lambda: time.time_ns() - 30_000_000_000)
+    waiting = asyncio.ensure_future(store.take_when_rung(bell_line, endpoint, "w1", 1, 5.0))
+    await asyncio.sleep(0.1)
+    await store.submit(endpoint, req(), now=int(time.time() * 1000))
+    [taken] = await asyncio.wait_for(waiting, 1.0)
+    started = (await store.get(taken.id)).started_at
+    assert abs(started - time.time() * 1000) < 1_000
+
+
+async def test_a_take_behind_the_doorbell_takes_at_its_timeout_without_a_ring(
+        store: JobStore, endpoint: str, bell_line) -> None:
+    from serverless import keys
+
+    rec = await store.submit(endpoint, req())
+    await store.redis.delete(keys.bell(endpoint))  # a lost ring: the queue is still the truth
+    t0 = time.monotonic()
+    taken = await store.take_when_rung(bell_line, endpoint, "w1", 1, 0.3)
+    assert 0.25 < time.monotonic() - t0 < 1.0
+    assert [t.id for t in taken] == [rec.id]
+    assert await store.take_when_rung(bell_line, endpoint, "w1", 1, 0.1) == []
+
+
+async def test_wake_taker_cuts_the_doorbell_wait_short(
+        store: JobStore, endpoint: str, bell_line) -> None:
+    waiting = asyncio.ensure_future(store.take_when_rung(bell_line, endpoint, "w1", 1, 10.0))
+    other = AutoPipelineWaiter(store, endpoint, "w2")
+    await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    await store.wake_taker(endpoint, "w1")
+    assert await asyncio.wait_for(waiting, 2.0) == [] and time.monotonic() - t0 < 1.0
+    assert not other.task.done()  # another worker's wait is not cut short
+    await other.close()
+
+
+class AutoPipelineWaiter:
+    def __init__(self, store: JobStore, endpoint: str, worker_id: str) -> None:
+        from serverless.autopipeline import AutoPipeline
+
+        self.line = AutoPipeline(store.redis)
+        self.task = asyncio.ensure_future(store.take_when_rung(self.line, endpoint, worker_id, 1, 10.0))
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.line.aclose()
+
+
+async def test_a_take_behind_the_doorbell_loads_the_functions_again_after_a_flush(
+        store: JobStore, endpoint: str, bell_line) -> None:
+    rec = await store.submit(endpoint, req())
+    await store.redis.execute_command("FUNCTION", "FLUSH")  # as a restart without persistence
+    taken = await store.take_when_rung(bell_line, endpoint, "w1", 1, 0.1)
+    assert [t.id for t in taken] == [rec.id]

@@ -1,8 +1,10 @@
 """Worker: take a job, run the handler under its timeout and cancel signal, report; drain on SIGTERM.
 
 The take loop never polls on a timer: with a free slot it takes from the queue (one Lua call),
-and when the queue is empty it blocks on the endpoint's doorbell, which every submit rings, so
-an idle worker starts a new job within a Redis round trip of its submission.
+and when the queue is empty it blocks on the endpoint's doorbell, which a submit to an empty
+queue rings, with the next take sent behind the BLPOP in the same write
+(JobStore.take_when_rung): Redis leases the new job to the worker it wakes in that turn, and
+the worker's first sight of the job is the take's answer.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from serverless import nvml, periodic
 from serverless.codec import encode_json
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
 from serverless.autopipeline import AutoPipeline
-from serverless.queue import wait_for_work_on
 from serverless.settings import Settings
 from serverless.store import JobStore, now_ms
 from worker import handlers, heartbeat, results
@@ -36,6 +37,8 @@ log = logging.getLogger("podq.worker")
 
 # How long a sync handler that ran past its timeout gets to return before its thread counts as stuck.
 STUCK_AFTER_S = 0.5
+# The longest doorbell wait; a take follows it whether or not the bell rang.
+BELL_WAIT_S = 1.0
 
 _current: Worker | None = None
 # the Reporter of the job attempt whose code runs in this context (its task, and the pool threads
@@ -79,9 +82,10 @@ class Worker:
         self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._bell: asyncio.Future[bool] | None = None  # the doorbell wait in progress
-        # the doorbell's BLPOPs, on a connection of their own (a BLPOP holds back what follows
-        # it) with the store client's settings, counted in its pool (serverless/autopipeline.py)
+        self._waiting_for_ring = False  # a doorbell wait and its take are in flight
+        # the doorbell's BLPOPs and the takes behind them, on a connection of their own (a
+        # BLPOP holds back what follows it) with the store client's settings, counted in its
+        # pool (serverless/autopipeline.py)
         self._bell_line = AutoPipeline(store.redis)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -122,8 +126,9 @@ class Worker:
         self.refresh_requested = self.refresh_requested or refresh
         self._stopping.set()
         self._slot_free.set()  # a take loop waiting for a free slot looks at _stopping again
-        if self._bell is not None:
-            self._bell.cancel()  # a take loop waiting on the doorbell looks at _stopping again
+        if self._waiting_for_ring:  # end the doorbell wait: its take answers, the loop stops
+            waking = asyncio.ensure_future(self.store.wake_taker(self.endpoint, self.worker_id))
+            waking.add_done_callback(_log_wake_failure)
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,17 +172,18 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()  # set by a finished job, or by request_stop
                 continue
-            if drained:
-                drained = False
-                await self._wait_for_work()
-                continue
             free = self.concurrency - len(self.active)
             try:
-                taken = await self.store.take_many(self.endpoint, self.worker_id, free)
+                taken = await (self._take_when_rung(free) if drained else
+                               self.store.take_many(self.endpoint, self.worker_id, free))
             except (RedisError, OSError) as e:
                 log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
+                drained = False
                 await asyncio.sleep(0.5)
                 continue
+            if self._stopping.is_set():  # stopped while taking: what came is not started here
+                await self._give_back(taken)
+                break
             # fewer than asked: the take found the queue empty and silenced the bell, so the
             # next submit rings it (a take that skipped expired jobs and left some rings it);
             # taking again at once would only find nothing (one Redis call per job, before)
@@ -185,18 +191,26 @@ class Worker:
             for job in taken:
                 self._start(job)
 
-    async def _wait_for_work(self) -> None:
-        """Block on the endpoint's doorbell, at most a second (then take anyway: a safety net
-        for a lost ring); request_stop cuts it short (a lost ring costs nothing: the bell is a
-        hint, the queue is the truth)."""
-        bell = self._bell = asyncio.ensure_future(wait_for_work_on(self._bell_line, self.endpoint, 1.0))
+    async def _take_when_rung(self, free: int) -> list[TakenJob]:
+        """Wait on the endpoint's doorbell, at most a second, and take what is queued when it
+        rings or the second is up (a safety net for a lost ring: the bell is a hint, the queue
+        is the truth). request_stop cuts the wait short through `wake_taker`."""
+        self._waiting_for_ring = True
         try:
-            await asyncio.wait((bell,))  # returns, not raises, when request_stop cancels it
+            return await self.store.take_when_rung(self._bell_line, self.endpoint, self.worker_id,
+                                                   free, BELL_WAIT_S)
         finally:
-            self._bell = None
-            bell.cancel()  # this wait itself was cancelled: the BLPOP must not outlive it
-        if not bell.cancelled():
-            bell.exception()  # a Redis error is retrieved here; the next take meets it and says so
+            self._waiting_for_ring = False
+
+    async def _give_back(self, taken: list[TakenJob]) -> None:
+        """Requeue jobs taken after a stop was asked (the try is not counted)."""
+        for job in taken:
+            try:
+                await self.store.requeue(job.id, job.attempt)
+                log.info("job %s: taken as the worker stopped; handed back to the queue", job.id)
+            except (RedisError, OSError) as e:
+                log.warning("job %s: could not hand it back to the queue (%s); it runs again "
+                            "when its lease runs out", job.id, e)
 
     def _start(self, taken: TakenJob) -> None:
         stale = self.active.get(taken.id)
@@ -364,6 +378,12 @@ class Worker:
             await self.store.remove_worker(self.endpoint, self.worker_id)
         except (RedisError, OSError) as e:
             log.warning("could not remove worker %s from the registry: %s", self.worker_id, e)
+
+
+def _log_wake_failure(waking: asyncio.Future[None]) -> None:
+    if not waking.cancelled() and waking.exception() is not None:
+        log.warning("could not cut the doorbell wait short (%s); stopping within %.0f s",
+                    waking.exception(), BELL_WAIT_S)
 
 
 def job_dict(taken: TakenJob) -> dict[str, Any]:

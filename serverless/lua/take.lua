@@ -3,9 +3,11 @@
 -- (up to about 64 per call, besides the jobs taken).
 -- KEYS[1] queue zset, KEYS[2] leases zset; for a RunPod-protocol worker also KEYS[3] the
 -- endpoint's deadlines zset and KEYS[4] the worker's held set
--- ARGV: endpoint, now, lease deadline (now + lease ms), worker id, ttl error format (%d = ttl
---       ms), count, and for a RunPod-protocol worker the endpoint's executionTimeout ms (podq
---       enforces it: the SDK never does), used when the job has none of its own
+-- ARGV: endpoint, now ('' for Redis's own clock: a take sent behind a worker's doorbell BLPOP
+--       runs when a ring wakes it, up to a second after it was sent; serverless/store.py
+--       take_when_rung), lease ms, worker id, ttl error format (%d = ttl ms), count, and for a
+--       RunPod-protocol worker the endpoint's executionTimeout ms (podq enforces it: the SDK
+--       never does), used when the job has none of its own
 -- Times and counts go to Redis as strings: Redis formats a Lua number with printf("%.17g").
 -- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first;
 -- a job without an executionTimeout of its own gets its endpoint's from the registry
@@ -16,8 +18,8 @@
 
 -- Lease one popped job to the worker. f: its fields, as take reads them (below); delays: the
 -- delay observations of this take (_metrics.lua tally)
-local function lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeout)
-  local now, worker = ARGV[2], ARGV[4]
+local function lease(id, jobkey, f, now, expiry, ARGV, remote, leases, delays, endpoint_timeout)
+  local worker = ARGV[4]
   if (f[5] or '0') == '0' and f[2] then
     tally(delays, DELAY_MS, DELAY_LE, tonumber(now) - tonumber(f[2]))
   end
@@ -36,18 +38,23 @@ local function lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeo
   end
   -- a queued job has neither (retry and requeue clear them): a guard that costs no call
   if f[10] or f[11] then redis.call('HDEL', jobkey, 'output', 'error') end
-  leases[#leases + 1] = ARGV[3]
+  leases[#leases + 1] = expiry
   leases[#leases + 1] = id
   return {id, attempt, f[6], f[7] or (remote and '' or endpoint_timeout()), f[8] or '', f[9] or ''}
 end
 
 -- its ttl ran out while it waited, or it is a stale entry (record expired or moved): dropped
-local function skip(ep, id, jobkey, f, ARGV)
-  if f[1] == 'IN_QUEUE' then time_out_queued(ep, id, jobkey, f[3], ARGV[2], ARGV[5]) end
+local function skip(ep, id, jobkey, f, now, ARGV)
+  if f[1] == 'IN_QUEUE' then time_out_queued(ep, id, jobkey, f[3], now, ARGV[5]) end
 end
 
 register('take', function(KEYS, ARGV)
-  local ep, now = ARGV[1], tonumber(ARGV[2])
+  local ep, now = ARGV[1], ARGV[2]
+  if now == '' then
+    local t = redis.call('TIME')
+    now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+  local expiry = string.format('%d', tonumber(now) + tonumber(ARGV[3]))  -- the lease deadline
   local count = tonumber(ARGV[6])
   -- for a RunPod-protocol worker: deadline/id pairs for the deadlines zset, ids for its held set
   local remote = KEYS[3] ~= nil and {deadlines = {}, ids = {}} or nil
@@ -67,9 +74,9 @@ register('take', function(KEYS, ARGV)
                            'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
                            'error')
       if f[1] == 'IN_QUEUE' and not ttl_passed(f[2], f[3], now) then
-        taken[#taken + 1] = lease(id, jobkey, f, ARGV, remote, leases, delays, endpoint_timeout)
+        taken[#taken + 1] = lease(id, jobkey, f, now, expiry, ARGV, remote, leases, delays, endpoint_timeout)
       else
-        skip(ep, id, jobkey, f, ARGV)
+        skip(ep, id, jobkey, f, now, ARGV)
         skipped = skipped + 1
       end
     end

@@ -394,3 +394,44 @@ async def test_a_job_taken_again_while_its_old_attempt_runs_here_keeps_only_the_
         release.set()
         done = await store.wait(rec.id, 10)
     assert (done.status, done.attempt, out(done)) == (Status.COMPLETED, 2, {"call": 2})
+
+
+# ---- stopping while waiting on the doorbell (the take is sent behind the BLPOP) -----------
+
+async def test_a_stop_cuts_the_doorbell_wait_short(store, endpoint, worker_factory, monkeypatch) -> None:
+    from worker import runtime
+
+    monkeypatch.setattr(runtime, "BELL_WAIT_S", 30.0)  # only the wake can end the wait in time
+    running = worker_factory(async_handler)
+    await running.__aenter__()
+    await asyncio.sleep(0.3)  # idle: blocked on the doorbell
+    t0 = time.monotonic()
+    await running.__aexit__(None, None, None)  # request_stop, then the worker's task ends
+    assert time.monotonic() - t0 < 2.0
+
+
+async def test_a_job_the_take_brings_after_a_stop_goes_back_to_the_queue(
+        store, endpoint, worker_factory, caplog) -> None:
+    """The stop comes while the doorbell wait's take is on its way: the job it leased is not
+    started here but requeued, its try not counted."""
+    calls: list[str] = []
+
+    async def handler(job):
+        calls.append(job["id"])
+
+    caplog.set_level("INFO", logger="podq.worker")
+    async with worker_factory(handler) as worker:
+        await asyncio.sleep(0.3)  # idle: blocked on the doorbell
+        # the submit and the stop's wake go out in one write on the worker's own connection:
+        # the ring wakes the wait, whose take leases the job after the stop was asked
+        submitting = asyncio.ensure_future(worker.store.submit(endpoint, req({"x": 1})))
+        await asyncio.sleep(0)
+        worker.request_stop()
+        rec = await submitting
+        for _ in range(100):
+            if "handed back to the queue" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+    got = await store.get(rec.id)
+    assert (got.status, got.tries, got.worker_id, calls) == (Status.IN_QUEUE, 0, None, [])
+    assert f"job {rec.id}: taken as the worker stopped" in caplog.text
