@@ -363,9 +363,14 @@ class JobStore:
 
         The call cannot be cancelled once sent: its take leases what it finds either way. A
         worker that stops while waiting calls `wake_taker` and gives back what comes (requeue).
+        `count` 0: only the wait (a worker with jobs running sizes its take after the ring, by
+        the slots free then).
         """
-        take = self._lib.source.function("take")
         bell = line.send("BLPOP", keys.bell(endpoint), keys.wake(endpoint, worker_id), timeout_s)
+        if count == 0:
+            await bell
+            return []
+        take = self._lib.source.function("take")
         taking = line.send("FCALL", take, 2, keys.queue(endpoint), keys.leases(endpoint), endpoint,
                            "", self.settings.lease_ms, worker_id, TTL_ERROR, count)
         bell.add_done_callback(_retrieve)  # its reply only times the take; the take's error says it

@@ -174,8 +174,15 @@ class Worker:
                 continue
             free = self.concurrency - len(self.active)
             try:
-                taken = await (self._take_when_rung(free) if drained else
-                               self.store.take_many(self.endpoint, self.worker_id, free))
+                if not drained:
+                    taken = await self.store.take_many(self.endpoint, self.worker_id, free)
+                elif self.active:
+                    # running jobs free slots while the wait lasts: the take is sized after it
+                    await self._wait_for_ring(0)
+                    drained = False
+                    continue
+                else:  # idle: every slot is free whenever the ring comes
+                    taken = await self._wait_for_ring(free)
             except (RedisError, OSError) as e:
                 log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
                 drained = False
@@ -191,14 +198,15 @@ class Worker:
             for job in taken:
                 self._start(job)
 
-    async def _take_when_rung(self, free: int) -> list[TakenJob]:
-        """Wait on the endpoint's doorbell, at most a second, and take what is queued when it
-        rings or the second is up (a safety net for a lost ring: the bell is a hint, the queue
-        is the truth). request_stop cuts the wait short through `wake_taker`."""
+    async def _wait_for_ring(self, take: int) -> list[TakenJob]:
+        """Wait on the endpoint's doorbell, at most a second, and then take up to `take` jobs
+        (0: none) in the same Redis turn, whether it rang or the second is up (a safety net for
+        a lost ring: the bell is a hint, the queue is the truth). request_stop cuts the wait
+        short through `wake_taker`."""
         self._waiting_for_ring = True
         try:
             return await self.store.take_when_rung(self._bell_line, self.endpoint, self.worker_id,
-                                                   free, BELL_WAIT_S)
+                                                   take, BELL_WAIT_S)
         finally:
             self._waiting_for_ring = False
 
