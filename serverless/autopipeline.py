@@ -34,7 +34,7 @@ per batch, not per command, and none while no observer is registered.
 Only commands that answer at once belong on a shared pipeline: a blocking command (BLPOP, XREAD
 BLOCK) would hold every command sent after it. A pipeline of its own may carry one blocking
 command at a time, and what is sent behind it runs when it returns (a worker's doorbell and the
-take behind it, JobStore.take_when_rung). A caller that is
+take behind it, serverless/doorbell.py). A caller that is
 cancelled does not cancel its command (it is already on its way with the others); its reply is
 dropped, as a reply that arrives after a client disconnects is.
 """

@@ -18,7 +18,7 @@ Per endpoint: podq:ep:{ep}:queue       ZSET  queued job ids, score = submit ms (
               podq:ep:{ep}:stops:{w}   LIST  cancelled / timed-out job ids for worker w's job-stop
               podq:ep:{ep}:wake:{w}    LIST  pushed when worker w stops while it waits on the
                                              doorbell: its BLPOP watches the bell and this list
-                                             (store.take_when_rung, wake_taker); PEXPIRE 60 s
+                                             (serverless/doorbell.py); PEXPIRE 60 s
               podq:ep:{ep}:logs        STREAM  worker log lines (worker/log_shipper.py): fields ts,
                                        worker, job, stream, level, line; MAXLEN ~ PODQ_LOG_STREAM_MAXLEN.
                                        Lines a worker had to drop are counted in the stats hash,

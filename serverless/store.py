@@ -18,14 +18,14 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from serverless import clock, keys, lifecycle
-from serverless.autopipeline import AutoPipeline, pairs
+from serverless.autopipeline import pairs
 from serverless.clock import now_ms
 from serverless.codec import beat_decoder, encode_json, record_fields, record_from_hash, taken_from_reply
 from serverless.errors import BadRequest, Conflict, NotFound
-from serverless.functions import Library, function_missing
+from serverless.functions import Library
 from serverless.lifecycle import Event
 from serverless.model import (
     Chunk,
@@ -50,7 +50,6 @@ TIMEOUT_ERROR = (
 PURGE_ERROR = "removed from the queue by purge-queue"
 PURGE_BATCH = 1000  # queued jobs ended per purge script call
 CHUNK_STREAM_MAXLEN = 1_000_000
-WAKE_TTL_MS = 60_000  # an unread wake_taker entry (keys.wake)
 
 
 class TransitionResult(msgspec.Struct):
@@ -99,6 +98,11 @@ class JobStore:
         self._unreachable_at: float | None = None  # time.monotonic(); see note_unreachable
         self._lib = Library(redis)  # its AutoPipeline also batches the hot reads (get)
         self._notifier = notifier
+
+    @property
+    def library(self) -> Library:
+        """The function library this store calls (a worker's doorbell sends its take by name)."""
+        return self._lib
 
     async def close(self) -> None:
         if self._notifier is not None:
@@ -351,45 +355,6 @@ class JobStore:
         )
         return [taken_from_reply(endpoint, item) for item in reply]
 
-    async def take_when_rung(
-        self, line: AutoPipeline, endpoint: str, worker_id: str, count: int, timeout_s: float
-    ) -> list[TakenJob]:
-        """take_many behind the endpoint's doorbell: the BLPOP (at most `timeout_s`) and the
-        take go out in one write on `line`, a pipeline that carries nothing else. Redis runs a
-        connection's commands in order, so the take runs the moment the BLPOP returns (a ring,
-        this worker's `wake_taker`, or the timeout), with no round trip back to the worker in
-        between: a job submitted to an idle endpoint is leased in the Redis turn its ring wakes
-        a worker. The take reads Redis's clock (it runs up to `timeout_s` after it was sent).
-
-        The call cannot be cancelled once sent: its take leases what it finds either way. A
-        worker that stops while waiting calls `wake_taker` and gives back what comes (requeue).
-        `count` 0: only the wait (a worker with jobs running sizes its take after the ring, by
-        the slots free then).
-        """
-        bell = line.send("BLPOP", keys.bell(endpoint), keys.wake(endpoint, worker_id), timeout_s)
-        if count == 0:
-            await bell
-            return []
-        take = self._lib.source.function("take")
-        taking = line.send("FCALL", take, 2, keys.queue(endpoint), keys.leases(endpoint), endpoint,
-                           "", self.settings.lease_ms, worker_id, TTL_ERROR, count)
-        bell.add_done_callback(_retrieve)  # its reply only times the take; the take's error says it
-        try:
-            reply = await taking
-        except ResponseError as e:
-            if not function_missing(e):  # Redis restarted: take_many loads the library again
-                raise
-            return await self.take_many(endpoint, worker_id, count)
-        return [taken_from_reply(endpoint, item) for item in reply]
-
-    async def wake_taker(self, endpoint: str, worker_id: str) -> None:
-        """Cut short `worker_id`'s doorbell wait (take_when_rung): its BLPOP watches this list
-        too. Left unread (the wait had ended anyway), the entry expires within a minute; a
-        worker that reuses the id meets it as one early take, which is harmless."""
-        key = keys.wake(endpoint, worker_id)
-        await asyncio.gather(self._lib.pipeline.execute("LPUSH", key, "1"),
-                             self._lib.pipeline.execute("PEXPIRE", key, WAKE_TTL_MS))
-
     # ---- RunPod-protocol workers (the gateway's worker routes act for them) ---------------
 
     async def take_for_runpod(
@@ -583,11 +548,6 @@ class JobStore:
         reply = await self._lib.call("transition", [keys.job(job_id)], args)
         status = Status(reply[1].decode()) if len(reply) > 1 else None
         return TransitionResult(reply[0].decode(), status)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 _FINISH_EVENTS = {

@@ -2,9 +2,8 @@
 
 The take loop never polls on a timer: with a free slot it takes from the queue (one Lua call),
 and when the queue is empty it blocks on the endpoint's doorbell, which a submit to an empty
-queue rings, with the next take sent behind the BLPOP in the same write
-(JobStore.take_when_rung): Redis leases the new job to the worker it wakes in that turn, and
-the worker's first sight of the job is the take's answer.
+queue rings; an idle worker's next take rides behind that BLPOP (serverless/doorbell.py), so
+Redis leases the new job to the worker it wakes in that turn.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from serverless import nvml, periodic
+from serverless import doorbell, nvml, periodic
 from serverless.codec import encode_json
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
 from serverless.autopipeline import AutoPipeline
@@ -82,7 +81,8 @@ class Worker:
         self.version = int(os.environ.get("PODQ_WORKER_VERSION", "0") or 0)
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._waiting_for_ring = False  # a doorbell wait and its take are in flight
+        self._doorbell: doorbell.DoorbellWait | None = None  # the doorbell wait in flight
+        self._waking: asyncio.Future[None] | None = None  # request_stop's doorbell.wake call
         # the doorbell's BLPOPs and the takes behind them, on a connection of their own (a
         # BLPOP holds back what follows it) with the store client's settings, counted in its
         # pool (serverless/autopipeline.py)
@@ -126,9 +126,10 @@ class Worker:
         self.refresh_requested = self.refresh_requested or refresh
         self._stopping.set()
         self._slot_free.set()  # a take loop waiting for a free slot looks at _stopping again
-        if self._waiting_for_ring:  # end the doorbell wait: its take answers, the loop stops
-            waking = asyncio.ensure_future(self.store.wake_taker(self.endpoint, self.worker_id))
-            waking.add_done_callback(_log_wake_failure)
+        if self._doorbell is not None:  # end the doorbell wait: its take answers, the loop stops
+            self._waking = asyncio.ensure_future(doorbell.wake(self.store, self.endpoint,
+                                                               self.worker_id))
+            self._waking.add_done_callback(_log_wake_failure)
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,15 +175,14 @@ class Worker:
                 continue
             free = self.concurrency - len(self.active)
             try:
-                if not drained:
+                rode = await self._wait_for_ring() if drained else None
+                if rode is None:  # not drained, or a ring with no take behind it: take now
+                    if self._stopping.is_set():
+                        break
+                    free = self.concurrency - len(self.active)
                     taken = await self.store.take_many(self.endpoint, self.worker_id, free)
-                elif self.active:
-                    # running jobs free slots while the wait lasts: the take is sized after it
-                    await self._wait_for_ring(0)
-                    drained = False
-                    continue
-                else:  # idle: every slot is free whenever the ring comes
-                    taken = await self._wait_for_ring(free)
+                else:
+                    taken, free = rode
             except (RedisError, OSError) as e:
                 log.warning("taking a job failed: %s (retrying in 0.5 s)", e)
                 drained = False
@@ -198,17 +198,21 @@ class Worker:
             for job in taken:
                 self._start(job)
 
-    async def _wait_for_ring(self, take: int) -> list[TakenJob]:
-        """Wait on the endpoint's doorbell, at most a second, and then take up to `take` jobs
-        (0: none) in the same Redis turn, whether it rang or the second is up (a safety net for
-        a lost ring: the bell is a hint, the queue is the truth). request_stop cuts the wait
-        short through `wake_taker`."""
-        self._waiting_for_ring = True
+    async def _wait_for_ring(self) -> tuple[list[TakenJob], int] | None:
+        """Wait on the endpoint's doorbell, at most a second (a safety net for a lost ring: the
+        bell is a hint, the queue is the truth). While this worker is idle, a take for all its
+        slots rides behind the wait (serverless/doorbell.py): the jobs it leased and how many it
+        asked for, or None when the wait ended with jobs still running here (the caller takes,
+        sized now). request_stop cuts the wait short (doorbell.wake)."""
+        wait = self._doorbell = doorbell.DoorbellWait(self.store, self._bell_line, self.endpoint,
+                                                      self.worker_id, BELL_WAIT_S)
         try:
-            return await self.store.take_when_rung(self._bell_line, self.endpoint, self.worker_id,
-                                                   take, BELL_WAIT_S)
+            if not self.active:
+                wait.take_behind(self.concurrency)
+            taken = await wait.wait()
         finally:
-            self._waiting_for_ring = False
+            self._doorbell = None
+        return None if taken is None else (taken, wait.count)
 
     async def _give_back(self, taken: list[TakenJob]) -> None:
         """Requeue jobs taken after a stop was asked (the try is not counted)."""
@@ -245,6 +249,8 @@ class Worker:
             del self.active[job_id]
         if not self.active:
             self.idle_since = now_ms()
+            if self._doorbell is not None and not self._stopping.is_set():
+                self._doorbell.take_behind(self.concurrency)  # idle now: every slot is free
         self._slot_free.set()
 
     # ---- running ------------------------------------------------------------------------

@@ -4,10 +4,10 @@
 -- KEYS[1] queue zset, KEYS[2] leases zset; for a RunPod-protocol worker also KEYS[3] the
 -- endpoint's deadlines zset and KEYS[4] the worker's held set
 -- ARGV: endpoint, now ('' for Redis's own clock: a take sent behind a worker's doorbell BLPOP
---       runs when a ring wakes it, up to a second after it was sent; serverless/store.py
---       take_when_rung), lease ms, worker id, ttl error format (%d = ttl ms), count, and for a
---       RunPod-protocol worker the endpoint's executionTimeout ms (podq enforces it: the SDK
---       never does), used when the job has none of its own
+--       runs when a ring wakes it, up to a second after it was sent; serverless/doorbell.py),
+--       lease ms, worker id, ttl error format (%d = ttl ms), count, and for a RunPod-protocol
+--       worker the endpoint's executionTimeout ms (podq enforces it: the SDK never does), used
+--       when the job has none of its own
 -- Times and counts go to Redis as strings: Redis formats a Lua number with printf("%.17g").
 -- Returns a list of {id, attempt, input, execution_timeout_ms, webhook, s3_config}, oldest first;
 -- a job without an executionTimeout of its own gets its endpoint's from the registry
@@ -74,7 +74,8 @@ register('take', function(KEYS, ARGV)
                            'input', 'execution_timeout_ms', 'webhook', 's3_config', 'output',
                            'error')
       if f[1] == 'IN_QUEUE' and not ttl_passed(f[2], f[3], now) then
-        taken[#taken + 1] = lease(id, jobkey, f, now, expiry, ARGV, remote, leases, delays, endpoint_timeout)
+        taken[#taken + 1] = lease(id, jobkey, f, now, expiry, ARGV, remote, leases, delays,
+                                  endpoint_timeout)
       else
         skip(ep, id, jobkey, f, now, ARGV)
         skipped = skipped + 1

@@ -435,3 +435,25 @@ async def test_a_job_the_take_brings_after_a_stop_goes_back_to_the_queue(
     got = await store.get(rec.id)
     assert (got.status, got.tries, got.worker_id, calls) == (Status.IN_QUEUE, 0, None, [])
     assert f"job {rec.id}: taken as the worker stopped" in caplog.text
+
+
+async def test_sequential_jobs_are_taken_behind_the_doorbell(store, endpoint, worker_factory) -> None:
+    """A worker that ran its job and went idle while waiting on the bell sends its take behind
+    the BLPOP: the next job is leased as its ring wakes the worker, with no take after it.
+    (At concurrency 1 a take that fills the only slot cannot tell the queue is empty, so the
+    next one, once the job ends, is a take_many that finds nothing.)"""
+    async with worker_factory(async_handler, concurrency_modifier=lambda current: 10) as worker:
+        await asyncio.sleep(0.2)
+        calls = 0
+        take_many = worker.store.take_many
+
+        async def counted(*args, **kw):
+            nonlocal calls
+            calls += 1
+            return await take_many(*args, **kw)
+
+        worker.store.take_many = counted
+        for i in range(5):
+            done = await submit_and_wait(store, endpoint, {"x": i})
+            assert done.status is Status.COMPLETED
+    assert calls == 0
