@@ -61,6 +61,19 @@ def applied(current: int, measured: int) -> int:
     return current if abs(measured - current) <= TOLERANCE_MS else measured
 
 
+def may_read_redis_time() -> bool:
+    """False once Redis refused TIME to this process's user (podq then keeps the host's clock,
+    and a take must be given the host's `now`: serverless/doorbell.py)."""
+    return not _refused
+
+
+def note_time_refused() -> None:
+    """Redis refused TIME to this process's user inside a function (the ACL changed since it
+    connected): from now on, as when `sync` is refused."""
+    global _refused
+    _refused = True
+
+
 def due() -> bool:
     """Whether SYNC_EVERY_S has passed since the last measurement (or none was made)."""
     return time.monotonic() - _synced_at >= SYNC_EVERY_S

@@ -15,7 +15,8 @@ then, and a take that follows a ring by a round trip also finds more jobs queued
 call. Taking behind the bell for busy workers too cost `/run` about 15 % (docs/job-store.md).
 
 The take runs up to `timeout_s` after it was sent, so it reads Redis's clock (TIME) rather than
-the worker's `now`. A sent take cannot be called back: it leases what it finds either way. A
+the worker's `now`. A process whose ACL user may not run TIME (docs/security.md) sends no take
+behind the bell: it takes after the ring, with its own `now`, as before. A sent take cannot be called back: it leases what it finds either way. A
 worker that stops while waiting calls `wake` (its BLPOP watches a list of its own besides the
 bell) and hands back what the take brings (JobStore.requeue).
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from serverless import keys
+from serverless import clock, keys
 from serverless.autopipeline import AutoPipeline
 from serverless.codec import taken_from_reply
 from serverless.functions import function_missing
@@ -55,6 +56,8 @@ class DoorbellWait:
         or a take was sent; whether one was sent."""
         if self.bell.done() or self._taking is not None or count <= 0:
             return False
+        if not clock.may_read_redis_time():  # an ACL without +time: the take needs a `now`
+            return False
         take = self.store.library.source.function("take")
         self._taking = self.line.send(
             "FCALL", take, 2, keys.queue(self.endpoint), keys.leases(self.endpoint),
@@ -74,7 +77,9 @@ class DoorbellWait:
         try:
             reply = await self._taking
         except ResponseError as e:
-            if not function_missing(e):  # Redis restarted: take_many loads the library again
+            if _time_refused(e):  # TIME is its first command: nothing was taken
+                clock.note_time_refused()
+            elif not function_missing(e):  # Redis restarted: take_many loads the library again
                 raise
             return await self.store.take_many(self.endpoint, self.worker_id, self.count)
         return [taken_from_reply(self.endpoint, item) for item in reply]
@@ -88,6 +93,11 @@ async def wake(store: JobStore, endpoint: str, worker_id: str) -> None:
     pipeline = store.library.pipeline
     await asyncio.gather(pipeline.execute("LPUSH", key, "1"),
                          pipeline.execute("PEXPIRE", key, WAKE_TTL_MS))
+
+
+def _time_refused(e: ResponseError) -> bool:
+    """The take's TIME was refused by the ACL (its user lost +time since it connected)."""
+    return "can't run this command" in str(e) or "no permissions to run the 'time'" in str(e)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -110,3 +110,58 @@ async def test_a_take_behind_the_bell_loads_the_functions_again_after_a_flush(
     wait = DoorbellWait(store, line, endpoint, "w1", 0.1)
     wait.take_behind(1)
     assert [t.id for t in await wait.wait()] == [rec.id]
+
+
+@pytest.fixture
+def time_allowed(monkeypatch):
+    """The process's record of whether Redis refused it TIME, restored after the test."""
+    monkeypatch.setattr(clock, "_refused", False)
+
+
+@pytest.mark.usefixtures("time_allowed")
+async def test_a_user_who_may_not_run_time_takes_after_the_ring(
+        store: JobStore, endpoint: str, redis_server, settings) -> None:
+    """An ACL written before podq read TIME (docs/security.md): no take rides behind the bell,
+    the worker takes after the ring with its own clock."""
+    from serverless.queue import connect
+
+    await store.redis.execute_command("ACL", "SETUSER", "no-time-bell", "on", ">pw", "~*", "&*",
+                                      "+@all", "-time")
+    try:
+        limited = JobStore(await connect(redis_server.url_for("no-time-bell", "pw")), settings)
+        assert not clock.may_read_redis_time()  # its connect was refused TIME
+        own = AutoPipeline(limited.redis)
+        wait = DoorbellWait(limited, own, endpoint, "w1", 5.0)
+        assert not wait.take_behind(1)
+        waiting = asyncio.ensure_future(wait.wait())
+        await asyncio.sleep(0.1)
+        rec = await store.submit(endpoint, req())
+        assert await asyncio.wait_for(waiting, 1.0) is None
+        assert [t.id for t in await limited.take_many(endpoint, "w1", 1)] == [rec.id]
+        await own.aclose()
+        await limited.close()
+    finally:
+        await store.redis.execute_command("ACL", "DELUSER", "no-time-bell")
+
+
+@pytest.mark.usefixtures("time_allowed")
+async def test_time_taken_away_after_connecting_falls_back_to_a_take_with_the_hosts_clock(
+        store: JobStore, endpoint: str, redis_server, settings) -> None:
+    from serverless.queue import connect
+
+    await store.redis.execute_command("ACL", "SETUSER", "later-no-time", "on", ">pw", "~*", "&*",
+                                      "+@all")
+    try:
+        limited = JobStore(await connect(redis_server.url_for("later-no-time", "pw")), settings)
+        await limited.take_many(endpoint, "w1", 1)  # loads the functions as this user
+        await store.redis.execute_command("ACL", "SETUSER", "later-no-time", "-time")
+        rec = await store.submit(endpoint, req())
+        own = AutoPipeline(limited.redis)
+        wait = DoorbellWait(limited, own, endpoint, "w1", 0.1)
+        assert wait.take_behind(1)
+        assert [t.id for t in await wait.wait()] == [rec.id]  # the take_many fallback
+        assert not clock.may_read_redis_time()  # and no take rides behind the bell again
+        await own.aclose()
+        await limited.close()
+    finally:
+        await store.redis.execute_command("ACL", "DELUSER", "later-no-time")
