@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from serverless import clock
 from serverless.model import EndpointConfig, Template
 from serverless.queue import connect
 from serverless.registry import Registry
@@ -12,6 +13,14 @@ from serverless.settings import Settings
 from serverless.store import JobStore
 from serverless.redis_server import RedisProcess
 from tests.s3_server import SeaweedS3
+
+
+@pytest.fixture(autouse=True)
+def _clock_may_read_redis_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a process whose Redis user may run TIME: the record of a refusal is
+    per process in production (serverless/clock.py), and a test that connected as an ACL user
+    without +time must not switch the take behind the doorbell off for the tests after it."""
+    monkeypatch.setattr(clock, "_refused", False)
 
 
 @pytest.fixture(scope="session")

@@ -112,13 +112,6 @@ async def test_a_take_behind_the_bell_loads_the_functions_again_after_a_flush(
     assert [t.id for t in await wait.wait()] == [rec.id]
 
 
-@pytest.fixture
-def time_allowed(monkeypatch):
-    """The process's record of whether Redis refused it TIME, restored after the test."""
-    monkeypatch.setattr(clock, "_refused", False)
-
-
-@pytest.mark.usefixtures("time_allowed")
 async def test_a_user_who_may_not_run_time_takes_after_the_ring(
         store: JobStore, endpoint: str, redis_server, settings) -> None:
     """An ACL written before podq read TIME (docs/security.md): no take rides behind the bell,
@@ -144,7 +137,6 @@ async def test_a_user_who_may_not_run_time_takes_after_the_ring(
         await store.redis.execute_command("ACL", "DELUSER", "no-time-bell")
 
 
-@pytest.mark.usefixtures("time_allowed")
 async def test_time_taken_away_after_connecting_falls_back_to_a_take_with_the_hosts_clock(
         store: JobStore, endpoint: str, redis_server, settings) -> None:
     from serverless.queue import connect
