@@ -50,9 +50,8 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
 
-from serverless.redis_link import TakenOver, release, reply_reader, take_over
+from serverless.redis_link import ReplyProtocol, release, reply_reader, take_over
 
 MAX_BATCH = 512  # commands per write; a bigger turn is split into several writes
 # Called with the seconds each round trip took (serverless/gateway/metrics.py registers one per
@@ -135,24 +134,25 @@ class AutoPipeline:
         link.send(waiting)
 
 
-class _Link(asyncio.Protocol):
+class _Link(ReplyProtocol):
     """One connection opened by redis-py, then written and read by this protocol (module
-    docstring): `send` writes a batch at once; `data_received` answers the callers in order."""
+    docstring): `send` writes a batch at once; each reply answers the oldest caller waiting."""
+
+    lost_note = "; the command may or may not have run"
 
     def __init__(self, reader: hiredis.Reader) -> None:
-        self._reader = reader
+        super().__init__(reader)
         # one entry per command written and not yet answered: (its future, the batch's start
         # time on the batch's last command when round trips are timed, else 0.0)
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self._taken: TakenOver | None = None
         self._transport: asyncio.WriteTransport | None = None
         self.open = False
 
     @classmethod
     async def open(cls, redis: Redis) -> _Link:
         link = cls(reply_reader(redis))
-        link._taken = await take_over(redis, link)
-        link._transport = link._taken.transport
+        link.taken = await take_over(redis, link)
+        link._transport = link.taken.transport
         link.open = True
         return link
 
@@ -192,23 +192,12 @@ class _Link(asyncio.Protocol):
         return b"".join(packed)
 
     async def close(self, redis: Redis) -> None:
-        if self._taken is not None:
-            await release(redis, self._taken)
+        if self.taken is not None:
+            await release(redis, self.taken)
 
-    # ---- asyncio.Protocol ------------------------------------------------------------------
+    # ---- ReplyProtocol ---------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        try:
-            while (reply := reader.gets()) is not False:
-                self._answer(reply)
-        except InvalidResponse as e:  # the stream is out of sync: nothing after it can be trusted
-            self._fail(RedisConnectionError(f"Redis sent an invalid reply ({e}); reconnecting"))
-            if self._transport is not None:
-                self._transport.abort()
-
-    def _answer(self, reply: Any) -> None:
+    def on_reply(self, reply: Any) -> None:
         future, started = self._waiting.popleft()
         if started:
             took = time.perf_counter() - started
@@ -221,22 +210,13 @@ class _Link(asyncio.Protocol):
         else:
             future.set_result(reply)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._taken is not None:  # redis-py's own protocol learns it too (redis_link.TakenOver)
-            self._taken.stream_protocol.connection_lost(exc)
-        self._fail(RedisConnectionError(
-            f"Connection to Redis lost{f' ({exc})' if exc else ''}; the command may or may "
-            "not have run"))
-
-    def _fail(self, error: Exception) -> None:
+    def on_lost(self, error: Exception) -> None:
+        """Every command written and not yet answered fails with `error`."""
         self.open = False
         waiting, self._waiting = self._waiting, deque()
         for future, _ in waiting:
             if not future.done():
                 future.set_exception(error)
-
-    def eof_received(self) -> bool | None:
-        return False  # close the transport: Redis closed its side
 
 
 def pairs(reply: list[Any] | dict[Any, Any]) -> dict[Any, Any]:

@@ -20,11 +20,10 @@ from collections.abc import Callable
 
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError
+from redis.exceptions import RedisError
 
 from serverless import keys
-from serverless.redis_link import TakenOver, release, reply_reader, take_over
+from serverless.redis_link import ReplyProtocol, TakenOver, release, reply_reader, take_over
 
 log = logging.getLogger("podq.notify")
 
@@ -137,27 +136,19 @@ async def listen_forever(
                 await release(redis, taken)
 
 
-class _Subscription(asyncio.Protocol):
+class _Subscription(ReplyProtocol):
     """The protocol of one subscribed connection: messages to `on_message`, confirmations to
     `on_ready`; `lost` gets the error that ended the connection."""
 
     def __init__(self, reader: hiredis.Reader, on_message: Callable[[str], None],
                  on_ready: Callable[[], None], lost: asyncio.Future[Exception], name: str) -> None:
-        self._reader, self._on_message, self._on_ready = reader, on_message, on_ready
+        super().__init__(reader)
+        self._on_message, self._on_ready = on_message, on_ready
         self.lost, self._name = lost, name
-        self.taken: TakenOver | None = None
 
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        try:
-            while (reply := self._reader.gets()) is not False:
-                self._handle(reply)
-        except InvalidResponse as e:
-            self._end(RedisConnectionError(f"Redis sent an invalid reply ({e})"))
-
-    def _handle(self, reply: object) -> None:
+    def on_reply(self, reply: object) -> None:
         if isinstance(reply, Exception):  # e.g. NOPERM for the channel: the subscription failed
-            self._end(reply)
+            self.on_lost(reply)
             return
         if not isinstance(reply, list) or not reply:
             return
@@ -171,14 +162,6 @@ class _Subscription(asyncio.Protocol):
         elif kind in ("subscribe", "psubscribe"):
             self._on_ready()
 
-    def _end(self, error: Exception) -> None:
+    def on_lost(self, error: Exception) -> None:
         if not self.lost.done():
             self.lost.set_result(error)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.taken is not None:  # redis-py's own protocol learns it too (redis_link.TakenOver)
-            self.taken.stream_protocol.connection_lost(exc)
-        self._end(RedisConnectionError(f"Connection to Redis lost{f' ({exc})' if exc else ''}"))
-
-    def eof_received(self) -> bool | None:
-        return False

@@ -261,4 +261,3 @@ async def wait_for_work(blocking: Redis, endpoint: str, timeout_s: float) -> boo
     Each wait holds a pool connection of `blocking` (the gateway's held job-take polls: many at
     once, each cancelled when its client leaves)."""
     return await blocking.blpop([keys.bell(endpoint)], timeout=timeout_s) is not None
-

@@ -5,8 +5,8 @@ SELECT, with the settings of the client's pool. After that, its per-command mach
 checkout, a task per read, its Python reply handling) costs more CPU than the round trip's own
 system calls, on the paths every job takes: the AutoPipeline's commands
 (serverless/autopipeline.py) and the pub/sub doorbells (serverless/notify.py). `take_over`
-hands the connected transport to a Protocol instead, whose `data_received` feeds a hiredis Reader
-and acts on each reply in the callback, with no task woken in between.
+hands the connected transport to a Protocol instead (a `ReplyProtocol`), whose `data_received`
+feeds a hiredis Reader and acts on each reply in the callback, with no task woken in between.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
+
 
 def reply_reader(redis: Redis) -> hiredis.Reader:
     """A hiredis Reader as redis-py's own parser builds it for `redis`: error replies become the
@@ -71,3 +72,43 @@ async def release(redis: Redis, taken: TakenOver) -> None:
     """Close a connection `take_over` made and take it out of the pool's count."""
     redis.connection_pool._in_use_connections.discard(taken.connection)
     await taken.connection.disconnect(nowait=True)
+
+
+class ReplyProtocol(asyncio.Protocol):
+    """What every taken-over connection's protocol does alike: `data_received` parses replies
+    with a hiredis Reader (`reply_reader`) and hands each to `on_reply`; a reply stream out of
+    sync (the transport is aborted: nothing after it can be trusted) or a lost connection goes
+    to `on_lost` as redis-py's ConnectionError, and redis-py's own protocol learns of the loss
+    too (`TakenOver.stream_protocol`). `taken` is set once `take_over` has returned."""
+
+    lost_note = ""  # added to a lost connection's error message
+
+    def __init__(self, reader: hiredis.Reader) -> None:
+        self._reader = reader
+        self.taken: TakenOver | None = None
+
+    def on_reply(self, reply: Any) -> None:
+        raise NotImplementedError
+
+    def on_lost(self, error: Exception) -> None:
+        raise NotImplementedError
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                self.on_reply(reply)
+        except InvalidResponse as e:
+            self.on_lost(RedisConnectionError(f"Redis sent an invalid reply ({e}); reconnecting"))
+            if self.taken is not None:
+                self.taken.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.taken is not None:
+            self.taken.stream_protocol.connection_lost(exc)
+        self.on_lost(RedisConnectionError(
+            f"Connection to Redis lost{f' ({exc})' if exc else ''}{self.lost_note}"))
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: Redis closed its side
