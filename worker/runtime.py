@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any
 
@@ -312,12 +313,16 @@ class Worker:
         aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
         streaming = handlers.is_streaming(self.config.handler)
         try:
-            async for item in handlers.run(self.config.handler, job, self._pool):
-                if isinstance(item, handlers.Return):
-                    return results.from_stream(aggregate) if streaming else results.from_return(item.value)
-                failed = await self._stream(item.value, reporter, aggregate)
-                if failed is not None:
-                    return failed
+            # closed here, not by the garbage collector: a generator left at its Return would
+            # be finalized through the loop's asyncgen hook (a thread-safe wake-up and a task
+            # per job)
+            async with aclosing(handlers.run(self.config.handler, job, self._pool)) as items:
+                async for item in items:
+                    if isinstance(item, handlers.Return):
+                        return results.from_stream(aggregate) if streaming else results.from_return(item.value)
+                    failed = await self._stream(item.value, reporter, aggregate)
+                    if failed is not None:
+                        return failed
         except Exception as e:
             return results.from_exception(e, self.worker_id, memory_cap_mb=self.settings.worker_memory_mb)
         return results.from_stream(aggregate)

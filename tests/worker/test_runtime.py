@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import sys
 import threading
 import time
 from typing import Any
@@ -70,6 +72,28 @@ async def test_handler_kinds(store, endpoint, worker_factory, handler, aggregate
         done = await submit_and_wait(store, endpoint, {"x": 3})
     assert done.status is Status.COMPLETED, done.error
     assert out(done) == expected
+
+
+async def test_each_job_closes_its_handler_run_itself(store, endpoint, worker_factory) -> None:
+    """No job leaves its async generator to the loop's finalizer hook (which costs a
+    thread-safe wake-up and a task per job)."""
+    finalized: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(agen: Any) -> None:
+        finalized.append(agen.__qualname__)
+        hooks.finalizer(agen)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        async with worker_factory(async_handler):
+            for x in range(3):
+                done = await submit_and_wait(store, endpoint, {"x": x})
+                assert done.status is Status.COMPLETED, done.error
+            gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert "run" not in finalized
 
 
 async def test_sync_handler_runs_off_the_event_loop(store, endpoint, worker_factory) -> None:
