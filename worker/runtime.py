@@ -254,6 +254,15 @@ class Worker:
                 self._doorbell.take_behind(self.concurrency)  # idle now: every slot is free
         self._slot_free.set()
 
+    def _take_behind_when_all_finish(self) -> None:
+        """Every job here is done running and only writing its result: the take behind the
+        doorbell goes now, with the results, instead of after their replies (one Redis wake-up
+        and one write less per sequential job). A finishing job holds no slot: its handler
+        has returned."""
+        if (self._doorbell is not None and not self._stopping.is_set()
+                and all(a.finishing for a in self.active.values())):
+            self._doorbell.take_behind(self.concurrency)
+
     # ---- running ------------------------------------------------------------------------
 
     async def _run_job(self, taken: TakenJob, reporter: Reporter) -> None:
@@ -283,6 +292,7 @@ class Worker:
         active = self._attempt_of(taken)
         if active is not None:
             active.finishing = True
+        self._take_behind_when_all_finish()
         try:
             result = await reporter.finish(outcome)
         except (RedisError, OSError) as e:  # Redis gone for longer than the reporter retries
