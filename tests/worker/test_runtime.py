@@ -481,3 +481,25 @@ async def test_sequential_jobs_are_taken_behind_the_doorbell(store, endpoint, wo
             done = await submit_and_wait(store, endpoint, {"x": i})
             assert done.status is Status.COMPLETED
     assert calls == 0
+
+
+async def test_the_take_behind_the_doorbell_goes_out_with_the_last_result(
+    store, endpoint, worker_factory
+) -> None:
+    """When the only job here is writing its result, the take behind the bell is already on
+    its way (sent in the same loop turn as the result, not after the result's reply)."""
+    seen: list[bool] = []
+    async with worker_factory(async_handler, concurrency_modifier=lambda current: 10) as worker:
+        await asyncio.sleep(0.2)
+        finish = worker.store.finish
+
+        async def finish_watched(*args, **kw):
+            wait = worker._doorbell
+            seen.append(wait is not None and wait._taking is not None)
+            return await finish(*args, **kw)
+
+        worker.store.finish = finish_watched
+        for i in range(3):
+            done = await submit_and_wait(store, endpoint, {"x": i})
+            assert done.status is Status.COMPLETED
+    assert seen and all(seen), seen
