@@ -16,9 +16,10 @@ call. Taking behind the bell for busy workers too cost `/run` about 15 % (docs/j
 
 The take runs up to `timeout_s` after it was sent, so it reads Redis's clock (TIME) rather than
 the worker's `now`. A process whose ACL user may not run TIME (docs/security.md) sends no take
-behind the bell: it takes after the ring, with its own `now`, as before. A sent take cannot be called back: it leases what it finds either way. A
-worker that stops while waiting calls `wake` (its BLPOP watches a list of its own besides the
-bell) and hands back what the take brings (JobStore.requeue).
+behind the bell: it takes after the ring, with its own `now`, as before. A sent take cannot be
+called back: it leases what it finds either way. A worker that stops while waiting calls `wake`
+(its BLPOP watches a list of its own besides the bell) and hands back what the take brings
+(JobStore.requeue).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 import pytest
@@ -546,4 +545,3 @@ async def test_a_reap_that_cannot_reach_redis_holds_reaping_back() -> None:
         assert unreachable.reaping_held()
     finally:
         await unreachable.close()
-

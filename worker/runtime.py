@@ -174,7 +174,6 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()  # set by a finished job, or by request_stop
                 continue
-            free = self.concurrency - len(self.active)
             try:
                 rode = await self._wait_for_ring() if drained else None
                 if rode is None:  # not drained, or a ring with no take behind it: take now
@@ -250,13 +249,12 @@ class Worker:
             del self.active[job_id]
         if not self.active:
             self.idle_since = now_ms()
-            if self._doorbell is not None and not self._stopping.is_set():
-                self._doorbell.take_behind(self.concurrency)  # idle now: every slot is free
+            self._take_behind_when_all_finish()  # idle now: every slot is free
         self._slot_free.set()
 
     def _take_behind_when_all_finish(self) -> None:
-        """Every job here is done running and only writing its result: the take behind the
-        doorbell goes now, with the results, instead of after their replies (one Redis wake-up
+        """Every job here (if any) is done running and only writing its result: the take
+        behind the doorbell goes now, with the results, instead of after their replies (one Redis wake-up
         and one write less per sequential job). A finishing job holds no slot: its handler
         has returned."""
         if (self._doorbell is not None and not self._stopping.is_set()
