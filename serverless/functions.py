@@ -83,25 +83,23 @@ class Library:
     async def call(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """FCALL one operation. Loads the library first if this object has not yet, and once
         more when Redis answers that the function is missing (it restarted). Raises
-        RedisUnavailable naming the fix when the ACL user may not load or call functions."""
+        RedisUnavailable naming the fix when the ACL user may not load or call functions.
+
+        One coroutine, awaiting the pipeline's future directly: every frame between a request's
+        task and the reply is walked again each time the task resumes."""
+        command = ("FCALL", self.source.function(operation), len(keys), *keys, *args)
+        seen = self._generation
         try:
-            return await self._call(operation, keys, args)
+            if seen:  # loaded: the usual case
+                try:
+                    return await self.pipeline.send(*command)
+                except ResponseError as e:
+                    if not function_missing(e):
+                        raise
+            await self._load(seen)
+            return await self.pipeline.send(*command)
         except NoPermissionError as e:
             raise connection_error(server_url(self.redis), e) from e
-
-    async def _call(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        seen = self._generation
-        if seen == 0:
-            await self._load(seen)
-            seen = self._generation
-        name = self.source.function(operation)
-        try:
-            return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)
-        except ResponseError as e:
-            if not function_missing(e):
-                raise
-        await self._load(seen)
-        return await self.pipeline.execute("FCALL", name, len(keys), *keys, *args)
 
     async def _load(self, seen: int) -> None:
         async with self._lock:

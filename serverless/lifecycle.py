@@ -10,6 +10,7 @@ the clock is an argument.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 import msgspec
@@ -59,6 +60,7 @@ def next_status(current: Status | None, event: Event) -> Status | None:
     return target if current in sources else None
 
 
+@functools.cache  # one string per event: built once, not on every write
 def sources_arg(event: Event) -> str:
     """The allowed source statuses as the space-separated list the Lua scripts take."""
     return " ".join(sorted(TRANSITIONS[event][0]))

@@ -42,6 +42,11 @@ class Notifier:
             self._task = asyncio.create_task(self._run(), name="podq-notifier")
         await self._ready.wait()
 
+    @property
+    def started(self) -> bool:
+        """Subscribed, or resubscribing (start() has returned once)."""
+        return self._ready.is_set()
+
     def register(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()
         self._waiters[job_id].add(event)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -83,10 +82,15 @@ class _RandomPool:
 _random = _RandomPool()
 
 
-def _uuid4() -> uuid.UUID:
-    """uuid.uuid4() with one system call per 256 ids, not per id (a gateway makes one per
-    request)."""
-    return uuid.UUID(bytes=_random.take16(), version=4)
+def _uuid4() -> str:
+    """str(uuid.uuid4()) with one system call per 256 ids, not per id (a gateway makes one per
+    request), and without building a UUID object: the version and variant bits are set here,
+    as uuid.UUID(bytes=..., version=4) sets them."""
+    raw = bytearray(_random.take16())
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # variant RFC 4122
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class JobStore:
@@ -152,7 +156,8 @@ class JobStore:
     async def _insert(self, record: JobRecord, *, fresh: bool) -> None:
         """Write and queue a new record. fresh: its id was just generated (a uuid4), so the
         check that no job has it is skipped (one Redis command less per job)."""
-        _check_id(record.id, "job")
+        if not fresh:  # a generated id is valid by construction
+            _check_id(record.id, "job")
         score = record.submitted_at + (keys.LOW_PRIORITY_OFFSET if record.low_priority else 0)
         args = [record.endpoint, record.id, score, "1" if fresh else "",
                 *record_fields(record), "score", score]
@@ -204,11 +209,18 @@ class JobStore:
         the notification carried the result (a small one, written by the job's worker)."""
         _check_id(endpoint, "endpoint")
         record = self.new_record(endpoint, request, sync=sync, job_id=None, now=now_ms())
-        async with self.watching(record.id) as event:
+        # watching(), spelled out: this is every /runsync request's path, and a generator
+        # context manager costs it two more frames to create and resume
+        notifier = self._notifier if self._notifier is not None and self._notifier.started \
+            else await self._started_notifier()
+        event = notifier.register(record.id)
+        try:
             await self._insert(record, fresh=True)
             latest = await self._wait_on(record.id, event, timeout_s, read_first=False,
                                          submitted=record)
             return latest or record
+        finally:
+            notifier.unregister(record.id, event)
 
     async def _started_notifier(self) -> Notifier:
         if self._notifier is None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import msgspec
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from serverless.codec import run_request_decoder
 from serverless.errors import BadRequest, Conflict, NotFound
 from serverless.model import Policy, RunRequest, Status
-from serverless.store import JobStore, now_ms
+from serverless.store import JobStore, new_job_id, now_ms
 
 
 def req(payload: object = None, **kw: object) -> RunRequest:
@@ -39,6 +40,17 @@ async def test_sync_jobs_get_sync_ids_and_short_retention(store: JobStore, endpo
     taken = await store.take(endpoint, "w")
     await store.finish(taken.id, taken.attempt, Status.COMPLETED, output=b"1")
     assert 0 < await store.redis.pttl(f"podq:job:{rec.id}") <= store.settings.result_ttl_sync_ms
+
+
+def test_generated_ids_hold_random_uuid4s() -> None:
+    """Job ids are RunPod's shape around a version 4, RFC 4122 uuid, each one new."""
+    ids = [new_job_id(sync=False) for _ in range(600)]  # past one 4 KiB read of randomness
+    assert len(set(ids)) == len(ids)
+    for job_id in ids:
+        u = uuid.UUID(job_id.removesuffix("-u1"))
+        assert str(u) == job_id.removesuffix("-u1") and u.version == 4
+        assert u.variant == uuid.RFC_4122
+    assert new_job_id(sync=True).startswith("sync-")
 
 
 async def test_duplicate_id_is_refused(store: JobStore, endpoint: str) -> None:

@@ -94,13 +94,15 @@ def kind_of(handler: Callable[..., Any]) -> Kind:
     return Kind.FUNCTION
 
 
-def is_streaming(handler: Callable[..., Any]) -> bool:
-    return kind_of(handler) in (Kind.GENERATOR, Kind.ASYNC_GENERATOR)
+def is_streaming(handler: Callable[..., Any], kind: Kind | None = None) -> bool:
+    return (kind or kind_of(handler)) in (Kind.GENERATOR, Kind.ASYNC_GENERATOR)
 
 
-async def run(handler: Callable[..., Any], job: dict[str, Any], pool: Executor | None) -> AsyncIterator[Yield | Return]:
-    """Run `handler(job)` and yield its stream items, then its return value."""
-    kind = kind_of(handler)
+async def run(handler: Callable[..., Any], job: dict[str, Any], pool: Executor | None,
+              kind: Kind | None = None) -> AsyncIterator[Yield | Return]:
+    """Run `handler(job)` and yield its stream items, then its return value. `kind`: the
+    handler's kind_of, when the caller keeps it (a worker classifies its handler once)."""
+    kind = kind or kind_of(handler)
     if kind is Kind.ASYNC_GENERATOR:
         agen = handler(job)
         try:

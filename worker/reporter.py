@@ -38,16 +38,17 @@ class Reporter:
         self._store, self.job_id, self.attempt = store, job_id, attempt
         self._chunks: list[bytes] = []
         self._progress: bytes | None = None
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
         self._closing = False
         self.lost = False
-        # the writer task starts with the first chunk or progress: most jobs send neither,
-        # and their result is written by finish() alone
+        # the writer task and its events start with the first chunk or progress: most jobs
+        # send neither, and their result is written by finish() alone
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event
+        self._drained: asyncio.Event
 
     def _writer(self) -> None:
         if self._task is None:
+            self._wake, self._drained = asyncio.Event(), asyncio.Event()
             self._task = asyncio.create_task(self._flush_loop(), name=f"reporter-{self.job_id}")
 
     async def chunk(self, data: bytes) -> None:
@@ -67,8 +68,8 @@ class Reporter:
     async def close(self) -> None:
         """Flush everything queued and stop the writer."""
         self._closing = True
-        self._wake.set()
         if self._task is not None:
+            self._wake.set()
             await self._task
 
     async def finish(self, outcome: Outcome) -> TransitionResult | None:

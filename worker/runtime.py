@@ -91,6 +91,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._pool = handlers.JobThreads(max_workers=256, thread_name_prefix="podq-handler")
+        self._kind = handlers.kind_of(config.handler)  # once: inspect is slow for every job
         # job id -> Deadline; written on the loop, read by the watchdog thread (dict copies
         # are atomic under the GIL)
         self.deadlines: dict[str, Deadline] = {}
@@ -318,13 +319,18 @@ class Worker:
         return False
 
     async def _execute(self, job: dict[str, Any], reporter: Reporter) -> Outcome:
+        if self._kind is handlers.Kind.COROUTINE:  # the usual handler: no generator to drive
+            try:
+                return results.from_return(await self.config.handler(job))
+            except Exception as e:
+                return results.from_exception(e, self.worker_id, memory_cap_mb=self.settings.worker_memory_mb)
         aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
-        streaming = handlers.is_streaming(self.config.handler)
+        streaming = handlers.is_streaming(self.config.handler, self._kind)
         try:
             # closed here, not by the garbage collector: a generator left at its Return would
             # be finalized through the loop's asyncgen hook (a thread-safe wake-up and a task
             # per job)
-            async with aclosing(handlers.run(self.config.handler, job, self._pool)) as items:
+            async with aclosing(handlers.run(self.config.handler, job, self._pool, self._kind)) as items:
                 async for item in items:
                     if isinstance(item, handlers.Return):
                         return results.from_stream(aggregate) if streaming else results.from_return(item.value)

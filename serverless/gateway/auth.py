@@ -251,23 +251,24 @@ class KeyChecker:
         return Scope(frozenset(record.endpoints), record.worker)
 
 
-def _admin_refusal(request: web.Request, checker: KeyChecker, digest: str) -> web.Response | None:
+def _admin_refusal(request: web.Request, route: str | None, checker: KeyChecker,
+                   digest: str) -> web.Response | None:
     """403 when the route needs the admin key and the (already valid) key of `digest` is not it."""
-    if request.match_info.route.name not in request.app[state.ADMIN_ROUTES]:
+    if route not in request.app[state.ADMIN_ROUTES]:
         return None
     if checker.is_admin(digest):
         return None
-    route = f"{request.method} {request.path}"
     text = NOT_ADMIN if checker.has_admin else NO_ADMIN_KEY
-    return error_response(403, text.format(route=route))
+    return error_response(403, text.format(route=f"{request.method} {request.path}"))
 
 
 _LOCAL = Scope()
 
 
-def _kind_refusal(request: web.Request, checker: KeyChecker, digest: str, scope: Scope) -> web.Response | None:
+def _kind_refusal(request: web.Request, route: str | None, checker: KeyChecker, digest: str,
+                  scope: Scope) -> web.Response | None:
     """403 for a client key on a worker route, or a worker key anywhere else."""
-    on_worker_route = request.match_info.route.name in WORKER_ROUTES
+    on_worker_route = route in WORKER_ROUTES
     if on_worker_route == scope.worker or (on_worker_route and checker.is_admin(digest)):
         return None
     text = WORKER_ON_CLIENT_ROUTE if scope.worker else CLIENT_ON_WORKER_ROUTE
@@ -279,28 +280,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Refuse (401) any request to a non-public route without a valid key, and (403) any
     request to an admin route whose key is not the admin key, a worker route whose key is not
     a worker key (or the admin key), or any other route with a worker key."""
+    # the route and the app are looked up once here and handed down: this runs on every request
     route = request.match_info.route.name
-    if route in request.app[state.PUBLIC_ROUTES]:  # Route.public
+    app = request.app
+    if route in app[state.PUBLIC_ROUTES]:  # Route.public
         return await handler(request)
-    access = await _endpoint_access(request)
+    endpoint = request.match_info.get("endpoint_id")
+    access = await _endpoint_access(app, route, endpoint)
     if not needs_key(access, route or ""):
         return await handler(request)
-    refusal = await _refusal(request, access)
+    refusal = await _refusal(request, app, route, endpoint, access)
     if refusal is None:
         return await handler(request)
-    if request.match_info.route.name in WORKER_ROUTES:
-        await asyncio.sleep(request.app[state.WORKER_REFUSAL_PAUSE_S])
+    if route in WORKER_ROUTES:
+        await asyncio.sleep(app[state.WORKER_REFUSAL_PAUSE_S])
     return refusal
 
 
-async def _endpoint_access(request: web.Request) -> EndpointAccess:
+async def _endpoint_access(app: web.Application, route: str | None,
+                           endpoint: str | None) -> EndpointAccess:
     """The access of the endpoint a client route names; protected for every other route (admin
     and worker routes, routes that name no endpoint), whose rules access does not change."""
-    endpoint = request.match_info.get("endpoint_id")
-    route = request.match_info.route.name
-    if endpoint is None or route in WORKER_ROUTES or route in request.app[state.ADMIN_ROUTES]:
+    if endpoint is None or route in WORKER_ROUTES or route in app[state.ADMIN_ROUTES]:
         return EndpointAccess.PROTECTED
-    return await request.app[state.KEYS].access(endpoint, now_ms())
+    return await app[state.KEYS].access(endpoint, now_ms())
 
 
 # routes that also take the key as `?api_key=` (RunPod's GraphQL API: its curl examples send it
@@ -308,13 +311,14 @@ async def _endpoint_access(request: web.Request) -> EndpointAccess:
 QUERY_KEY_ROUTES = frozenset({"graphql"})
 
 
-async def _refusal(request: web.Request, access: EndpointAccess) -> web.Response | None:
+async def _refusal(request: web.Request, app: web.Application, route: str | None,
+                   endpoint: str | None, access: EndpointAccess) -> web.Response | None:
     key = presented_key(request.headers.get("Authorization"))
-    if key is None and request.match_info.route.name in QUERY_KEY_ROUTES:
+    if key is None and route in QUERY_KEY_ROUTES:
         key = request.query.get("api_key") or None
     if key is None:
         return error_response(401, MISSING_KEY, _CHALLENGE)
-    checker = request.app[state.KEYS]
+    checker = app[state.KEYS]
     digest = hash_key(key)  # hashed once: the key is known by its digest from here on
     scope = await checker.scope(digest)
     if scope is None:
@@ -322,11 +326,10 @@ async def _refusal(request: web.Request, access: EndpointAccess) -> web.Response
     request[state.KEY_DIGEST] = digest  # the key's identity for per-key rate limits
     request[state.KEY_SCOPE] = scope  # what it may reach (read by routes, no second lookup)
     # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
-    if (refusal := _admin_refusal(request, checker, digest)) is not None:
+    if (refusal := _admin_refusal(request, route, checker, digest)) is not None:
         return refusal
-    if (refusal := _kind_refusal(request, checker, digest, scope)) is not None:
+    if (refusal := _kind_refusal(request, route, checker, digest, scope)) is not None:
         return refusal
-    endpoint = request.match_info.get("endpoint_id")
     if endpoint is None:
         return None
     if scope.endpoints and endpoint not in scope.endpoints:
