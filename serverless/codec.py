@@ -52,19 +52,22 @@ def record_from_hash(fields: dict[bytes, bytes]) -> JobRecord:
 
 
 def record_fields(record: JobRecord) -> list[Any]:
-    """The hash field/value pairs of a new record (None fields are left out)."""
+    """The hash field/value pairs of a new record (None fields are left out, and
+    low_priority when False)."""
     out: list[Any] = []
-    for name in ("id", "endpoint", "status", *_INT_FIELDS, *_STR_FIELDS[2:]):
-        value = getattr(record, name)
-        if value is not None:
-            out += [name, str(value)]
-    for name in _RAW_FIELDS:
-        value = getattr(record, name)
-        if value is not None:
-            out += [name, bytes(value)]
-    if record.low_priority:
-        out += ["low_priority", "1"]
+    for name, value in zip(_RECORD_FIELDS, msgspec.structs.astuple(record)):
+        if value is None or value is False:
+            continue
+        if value is True:  # low_priority, the one bool
+            out += (name, "1")
+        elif type(value) is Raw:
+            out += (name, bytes(value))
+        else:  # str, int, Status (a StrEnum: str() is its value)
+            out += (name, str(value))
     return out
+
+
+_RECORD_FIELDS = JobRecord.__struct_fields__
 
 
 def taken_from_reply(endpoint: str, reply: list[bytes]) -> TakenJob:
