@@ -273,7 +273,7 @@ class Worker:
                                             time.monotonic() + timeout_ms / 1000)
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                outcome = await self._execute(job_dict(taken), reporter)
+                outcome = await self._execute(taken, reporter)
         except TimeoutError:
             outcome = results.timed_out(timeout_ms)
             if await self._thread_stuck(taken.id):
@@ -318,15 +318,18 @@ class Worker:
             await asyncio.sleep(0.02)
         return False
 
-    async def _execute(self, job: dict[str, Any], reporter: Reporter) -> Outcome:
+    async def _execute(self, taken: TakenJob, reporter: Reporter) -> Outcome:
+        """The job's outcome; anything the handler raises (or an input that does not decode:
+        written to Redis by something other than podq) fails the job."""
         if self._kind is handlers.Kind.COROUTINE:  # the usual handler: no generator to drive
             try:
-                return results.from_return(await self.config.handler(job))
+                return results.from_return(await self.config.handler(job_dict(taken)))
             except Exception as e:
                 return results.from_exception(e, self.worker_id, memory_cap_mb=self.settings.worker_memory_mb)
         aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
         streaming = handlers.is_streaming(self.config.handler, self._kind)
         try:
+            job = job_dict(taken)
             # closed here, not by the garbage collector: a generator left at its Return would
             # be finalized through the loop's asyncgen hook (a thread-safe wake-up and a task
             # per job)

@@ -183,6 +183,20 @@ async def test_exception_becomes_failed_with_type_message_traceback(store, endpo
     assert err["worker_id"] == "w-inproc"
 
 
+@pytest.mark.parametrize("handler", [async_handler, sync_handler, agen_handler],
+                         ids=["coroutine", "function", "async generator"])
+async def test_an_input_that_does_not_decode_fails_the_job_at_once(store, endpoint, worker_factory,
+                                                                    handler) -> None:
+    """A job written to Redis by something other than podq, with an input that is not JSON,
+    fails with the decode error; it does not escape the job's task (which left the job to
+    its lease and retries)."""
+    async with worker_factory(handler):
+        rec = await store.submit(endpoint, RunRequest(input=msgspec.Raw(b'{"x": ')))
+        done = await store.wait(rec.id, 10)
+    assert done.status is Status.FAILED and done.attempt == 1
+    assert json.loads(done.error)["error_type"] == "<class 'msgspec.DecodeError'>"
+
+
 async def test_generator_exception_fails_job_after_streamed_chunks(store, endpoint, worker_factory) -> None:
     async def handler(job):
         yield 1
