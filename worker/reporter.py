@@ -113,13 +113,18 @@ class Reporter:
             self._drained.set()
 
     async def _retrying(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        loop = asyncio.get_running_loop()
-        give_up, delay = loop.time() + RETRY_FOR_S, 0.1
+        """`write()`, retried for RETRY_FOR_S from its first failure (the clock is read only
+        once a write fails: this runs for every job)."""
+        give_up: float | None = None
+        delay = 0.1
         while True:
             try:
                 return await write()
             except (RedisError, OSError) as e:
-                if loop.time() >= give_up:
+                now = asyncio.get_running_loop().time()
+                if give_up is None:
+                    give_up = now + RETRY_FOR_S
+                elif now >= give_up:
                     raise
                 log.warning("job %s: writing its %s failed (%s); retrying in %.1f s",
                             self.job_id, what, e, delay)
