@@ -8,8 +8,10 @@ import asyncio
 
 import msgspec
 import pytest
+from redis.exceptions import ResponseError
 
 from serverless import keys
+from serverless import store as store_module
 from serverless.lifecycle import ended_as_announced, status_body
 from serverless.model import JobRecord, RunRequest, Status
 from serverless.store import JobStore
@@ -107,3 +109,31 @@ async def test_only_sync_jobs_carry_their_result_and_others_announce_their_id(
     job_id, _, end = messages[1].partition("\n")
     assert job_id == synced.id and end.startswith("COMPLETED\n") and end.endswith("\nw1\no7")
     await store.cancel(queued.id)  # ended already: nothing more to announce
+
+
+async def test_a_runsync_submit_is_sent_again_when_redis_lost_the_functions(
+        store: JobStore, endpoint: str) -> None:
+    """The submit's reply is only looked at once the waiter wakes: a 'function not found'
+    wakes it at once, and the library is loaded and the job submitted again."""
+    await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}")))  # loaded by this store
+    await store.take(endpoint, "w1")
+    await store.redis.execute_command("FUNCTION", "FLUSH")  # as a restart without persistence
+    task = asyncio.create_task(worker(store, endpoint, output=b"1"))
+    done = await store.submit_and_wait(endpoint, RunRequest(input=msgspec.Raw(b"{}")), 5)
+    await task
+    assert done.status is Status.COMPLETED and msgspec.json.decode(done.output) == 1
+
+
+async def test_a_runsync_submit_that_fails_raises_at_once(
+        store: JobStore, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submit Redis refuses wakes its waiter with the error, not after the 1 s re-check."""
+    await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}")))  # loaded by this store
+    # a key of another type under the next id makes the submit's HSET fail (WRONGTYPE)
+    job_id = "sync-wrongtype-e1"
+    await store.redis.set(keys.job(job_id), "not a hash")
+    monkeypatch.setattr(store_module, "new_job_id", lambda sync: job_id)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await store.submit_and_wait(endpoint, RunRequest(input=msgspec.Raw(b"{}")), 30)
+    assert loop.time() - started < 0.5
