@@ -51,6 +51,9 @@ def record_from_hash(fields: dict[bytes, bytes]) -> JobRecord:
     return JobRecord(**kw)
 
 
+_RECORD_FIELDS = JobRecord.__struct_fields__
+
+
 def record_fields(record: JobRecord) -> list[Any]:
     """The hash field/value pairs of a new record (None fields are left out, and
     low_priority when False)."""
@@ -65,9 +68,6 @@ def record_fields(record: JobRecord) -> list[Any]:
         else:  # str, int, Status (a StrEnum: str() is its value)
             out += (name, str(value))
     return out
-
-
-_RECORD_FIELDS = JobRecord.__struct_fields__
 
 
 def taken_from_reply(endpoint: str, reply: list[bytes]) -> TakenJob:

@@ -113,8 +113,8 @@ async def test_only_sync_jobs_carry_their_result_and_others_announce_their_id(
 
 async def test_a_runsync_submit_is_sent_again_when_redis_lost_the_functions(
         store: JobStore, endpoint: str) -> None:
-    """The submit's reply is only looked at once the waiter wakes: a 'function not found'
-    wakes it at once, and the library is loaded and the job submitted again."""
+    """A /runsync whose submit meets 'function not found' (Redis restarted without its
+    functions) loads the library again, submits once more and completes."""
     await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}")))  # loaded by this store
     await store.take(endpoint, "w1")
     await store.redis.execute_command("FUNCTION", "FLUSH")  # as a restart without persistence
@@ -126,7 +126,8 @@ async def test_a_runsync_submit_is_sent_again_when_redis_lost_the_functions(
 
 async def test_a_runsync_submit_that_fails_raises_at_once(
         store: JobStore, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A submit Redis refuses wakes its waiter with the error, not after the 1 s re-check."""
+    """A submit Redis refuses fails the /runsync with that error at once, not after a wait
+    for the job's end."""
     await store.submit(endpoint, RunRequest(input=msgspec.Raw(b"{}")))  # loaded by this store
     # a key of another type under the next id makes the submit's HSET fail (WRONGTYPE)
     job_id = "sync-wrongtype-e1"

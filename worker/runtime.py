@@ -321,15 +321,12 @@ class Worker:
     async def _execute(self, taken: TakenJob, reporter: Reporter) -> Outcome:
         """The job's outcome; anything the handler raises (or an input that does not decode:
         written to Redis by something other than podq) fails the job."""
-        if self._kind is handlers.Kind.COROUTINE:  # the usual handler: no generator to drive
-            try:
-                return results.from_return(await self.config.handler(job_dict(taken)))
-            except Exception as e:
-                return results.from_exception(e, self.worker_id, memory_cap_mb=self.settings.worker_memory_mb)
         aggregate: list[bytes] | None = [] if self.config.return_aggregate_stream else None
         streaming = handlers.is_streaming(self.config.handler, self._kind)
         try:
             job = job_dict(taken)
+            if self._kind is handlers.Kind.COROUTINE:  # the usual handler: no generator to drive
+                return results.from_return(await self.config.handler(job))
             # closed here, not by the garbage collector: a generator left at its Return would
             # be finalized through the loop's asyncgen hook (a thread-safe wake-up and a task
             # per job)

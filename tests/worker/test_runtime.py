@@ -85,8 +85,8 @@ async def test_each_job_closes_its_handler_run_itself(store, endpoint, worker_fa
         hooks.finalizer(agen)
 
     sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
-    try:
-        async with worker_factory(async_handler):
+    try:  # a streaming handler: a coroutine handler is awaited without `run`
+        async with worker_factory(agen_handler):
             for x in range(3):
                 done = await submit_and_wait(store, endpoint, {"x": x})
                 assert done.status is Status.COMPLETED, done.error
