@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -251,50 +252,113 @@ class KeyChecker:
         return Scope(frozenset(record.endpoints), record.worker)
 
 
-def _admin_refusal(request: web.Request, route: str | None, checker: KeyChecker,
-                   digest: str) -> web.Response | None:
+def _admin_refusal(app: web.Application, route: str | None, checker: KeyChecker,
+                   digest: str, where: str) -> web.Response | None:
     """403 when the route needs the admin key and the (already valid) key of `digest` is not it."""
-    if route not in request.app[state.ADMIN_ROUTES]:
+    if route not in app[state.ADMIN_ROUTES]:
         return None
     if checker.is_admin(digest):
         return None
     text = NOT_ADMIN if checker.has_admin else NO_ADMIN_KEY
-    return error_response(403, text.format(route=f"{request.method} {request.path}"))
+    return error_response(403, text.format(route=where))
 
 
 _LOCAL = Scope()
 
 
-def _kind_refusal(request: web.Request, route: str | None, checker: KeyChecker, digest: str,
-                  scope: Scope) -> web.Response | None:
+def _kind_refusal(route: str | None, checker: KeyChecker, digest: str, scope: Scope,
+                  where: str) -> web.Response | None:
     """403 for a client key on a worker route, or a worker key anywhere else."""
     on_worker_route = route in WORKER_ROUTES
     if on_worker_route == scope.worker or (on_worker_route and checker.is_admin(digest)):
         return None
     text = WORKER_ON_CLIENT_ROUTE if scope.worker else CLIENT_ON_WORKER_ROUTE
-    return error_response(403, text.format(route=f"{request.method} {request.path}"))
+    return error_response(403, text.format(route=where))
+
+
+class Verdict(NamedTuple):
+    """What check_key decided: `refusal` None lets the request go on; `digest` and `scope` name
+    the valid key that was sent (None when none was needed, or it was refused before)."""
+
+    refusal: web.Response | None
+    digest: str | None = None
+    scope: Scope | None = None
+
+
+_LET_THROUGH = Verdict(None)
+
+
+async def check_key(app: web.Application, route: str | None, endpoint: str | None,
+                    authorization: str | None, query_key: str | None, where: str) -> Verdict:
+    """The key rules of every request: 401 for a non-public route without a valid key, 403 for
+    an admin route whose key is not the admin key, a worker route whose key is not a worker key
+    (or the admin key), or any other route with a worker key.
+
+    Args:
+        app: the gateway application (its key checker and route sets).
+        route: the route's name (the route table's `name`).
+        endpoint: the `endpoint_id` in the path, or None when the route names none.
+        authorization: the Authorization header, or None.
+        query_key: `?api_key=` for the QUERY_KEY_ROUTES, else None.
+        where: `METHOD /path`, as refusals name the route.
+
+    Returns:
+        The verdict; the auth middleware and the hot path (hot_path.py) both act on it.
+    """
+    if route in app[state.PUBLIC_ROUTES]:  # Route.public
+        return _LET_THROUGH
+    access = await _endpoint_access(app, route, endpoint)
+    if not needs_key(access, route or ""):
+        return _LET_THROUGH
+    key = presented_key(authorization)
+    if key is None and route in QUERY_KEY_ROUTES:
+        key = query_key or None
+    if key is None:
+        return Verdict(error_response(401, MISSING_KEY, _CHALLENGE))
+    checker = app[state.KEYS]
+    digest = hash_key(key)  # hashed once: the key is known by its digest from here on
+    scope = await checker.scope(digest)
+    if scope is None:
+        return Verdict(error_response(401, INVALID_KEY, _CHALLENGE))
+    return Verdict(_scope_refusal(app, route, endpoint, access, checker, digest, scope, where),
+                   digest, scope)
+
+
+def _scope_refusal(app: web.Application, route: str | None, endpoint: str | None,
+                   access: EndpointAccess, checker: KeyChecker, digest: str, scope: Scope,
+                   where: str) -> web.Response | None:
+    # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
+    if (refusal := _admin_refusal(app, route, checker, digest, where)) is not None:
+        return refusal
+    if (refusal := _kind_refusal(route, checker, digest, scope, where)) is not None:
+        return refusal
+    if endpoint is None:
+        return None
+    if scope.endpoints and endpoint not in scope.endpoints:
+        reach = ", ".join(sorted(scope.endpoints))
+        return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
+    text = private_refusal(access, endpoint, scope.endpoints, checker.is_admin(digest))
+    return None if text is None else error_response(403, text)
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse (401) any request to a non-public route without a valid key, and (403) any
-    request to an admin route whose key is not the admin key, a worker route whose key is not
-    a worker key (or the admin key), or any other route with a worker key."""
+    """Apply check_key to the request; a valid key's digest and scope go on the request
+    (state.KEY_DIGEST for per-key rate limits, state.KEY_SCOPE for routes that read it)."""
     # the route and the app are looked up once here and handed down: this runs on every request
     route = request.match_info.route.name
-    app = request.app
-    if route in app[state.PUBLIC_ROUTES]:  # Route.public
-        return await handler(request)
-    endpoint = request.match_info.get("endpoint_id")
-    access = await _endpoint_access(app, route, endpoint)
-    if not needs_key(access, route or ""):
-        return await handler(request)
-    refusal = await _refusal(request, app, route, endpoint, access)
-    if refusal is None:
+    query_key = request.query.get("api_key") if route in QUERY_KEY_ROUTES else None
+    verdict = await check_key(request.app, route, request.match_info.get("endpoint_id"),
+                              request.headers.get("Authorization"), query_key,
+                              f"{request.method} {request.path}")
+    if verdict.digest is not None:
+        request[state.KEY_DIGEST] = verdict.digest
+        request[state.KEY_SCOPE] = verdict.scope
+    if verdict.refusal is None:
         return await handler(request)
     if route in WORKER_ROUTES:
-        await asyncio.sleep(app[state.WORKER_REFUSAL_PAUSE_S])
-    return refusal
+        await asyncio.sleep(request.app[state.WORKER_REFUSAL_PAUSE_S])
+    return verdict.refusal
 
 
 async def _endpoint_access(app: web.Application, route: str | None,
@@ -309,31 +373,3 @@ async def _endpoint_access(app: web.Application, route: str | None,
 # routes that also take the key as `?api_key=` (RunPod's GraphQL API: its curl examples send it
 # so); the header wins when both are sent
 QUERY_KEY_ROUTES = frozenset({"graphql"})
-
-
-async def _refusal(request: web.Request, app: web.Application, route: str | None,
-                   endpoint: str | None, access: EndpointAccess) -> web.Response | None:
-    key = presented_key(request.headers.get("Authorization"))
-    if key is None and route in QUERY_KEY_ROUTES:
-        key = request.query.get("api_key") or None
-    if key is None:
-        return error_response(401, MISSING_KEY, _CHALLENGE)
-    checker = app[state.KEYS]
-    digest = hash_key(key)  # hashed once: the key is known by its digest from here on
-    scope = await checker.scope(digest)
-    if scope is None:
-        return error_response(401, INVALID_KEY, _CHALLENGE)
-    request[state.KEY_DIGEST] = digest  # the key's identity for per-key rate limits
-    request[state.KEY_SCOPE] = scope  # what it may reach (read by routes, no second lookup)
-    # an admin route says so first (/v1/endpoints/{endpoint_id} names an endpoint too)
-    if (refusal := _admin_refusal(request, route, checker, digest)) is not None:
-        return refusal
-    if (refusal := _kind_refusal(request, route, checker, digest, scope)) is not None:
-        return refusal
-    if endpoint is None:
-        return None
-    if scope.endpoints and endpoint not in scope.endpoints:
-        reach = ", ".join(sorted(scope.endpoints))
-        return error_response(403, f"this key may only reach endpoint(s) {reach}, not '{endpoint}'")
-    text = private_refusal(access, endpoint, scope.endpoints, checker.is_admin(digest))
-    return None if text is None else error_response(403, text)

@@ -11,7 +11,6 @@ No traceback ever goes into a response (saq's `exceptions` middleware sends one)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -54,41 +53,49 @@ def error_response(
     )
 
 
-def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+def _http_message(method: str, path: str, exc: web.HTTPException) -> str:
     match exc.status:
         case 404:
-            route = f"{request.method} {request.path}"
+            route = f"{method} {path}"
             return f"no route for {route}; see GET /openapi.json for the routes"
         case 405:
             allowed = exc.headers.get("Allow", "")
-            return f"{request.method} is not allowed on {request.path}; use {allowed}"
+            return f"{method} is not allowed on {path}; use {allowed}"
         case _:
             return exc.reason if not exc.text else exc.text.removeprefix(f"{exc.status}: ")
 
 
-def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _from_http(method: str, path: str, exc: web.HTTPException) -> web.Response:
     keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-    return error_response(exc.status, _http_message(request, exc), keep)
+    return error_response(exc.status, _http_message(method, path, exc), keep)
+
+
+def answer_for(exc: Exception, method: str, path: str) -> web.Response | None:
+    """The JSON answer for an exception a handler raised while serving `method path`, or None
+    for one that must propagate (a dropped connection, an aiohttp redirect). Call it from the
+    `except` block: an unexpected exception is logged with its traceback."""
+    if isinstance(exc, PodqError):
+        return error_response(exc.status_code, str(exc))
+    if isinstance(exc, (msgspec.ValidationError, msgspec.DecodeError)):
+        return error_response(400, f"invalid request body: {exc}")
+    if isinstance(exc, web.HTTPException):
+        return _from_http(method, path, exc) if exc.status >= 400 else None
+    if isinstance(exc, RedisError):
+        log.warning("Redis error on %s %s: %s", method, path, exc)
+        return error_response(503, "the job store (Redis) is unavailable; retry shortly")
+    if isinstance(exc, ConnectionResetError):
+        return None
+    log.exception("unhandled error on %s %s", method, path)
+    return error_response(500, "internal error; the gateway log has the details")
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every exception a handler raises into a JSON error response."""
+    """Turn every exception a handler raises into a JSON error response (answer_for)."""
     try:
         return await handler(request)
-    except PodqError as e:
-        return error_response(e.status_code, str(e))
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        return error_response(400, f"invalid request body: {e}")
-    except web.HTTPException as e:
-        if e.status < 400:
+    except Exception as e:  # noqa: BLE001 - answer_for sorts them; CancelledError is not one
+        answer = answer_for(e, request.method, request.path)
+        if answer is None:
             raise
-        return _from_http(request, e)
-    except RedisError as e:
-        log.warning("Redis error on %s %s: %s", request.method, request.path, e)
-        return error_response(503, "the job store (Redis) is unavailable; retry shortly")
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal error; the gateway log has the details")
+        return answer

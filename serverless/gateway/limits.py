@@ -268,21 +268,29 @@ def key_rate_limited(route: str, digest: str, wait_s: float) -> web.Response:
     return error_response(429, message, {"Retry-After": str(seconds)})
 
 
+async def rate_refusal(app: web.Application, route: str, endpoint: str | None,
+                       digest: str | None) -> web.Response | None:
+    """The 429 for a request to `route` whose endpoint or key has no room left, else None
+    (every bucket charged). `endpoint`: the id in the path, None when the route names none;
+    `digest`: the valid key's (auth.check_key), None when none was checked."""
+    if endpoint is not None and not keys.valid_id(endpoint):
+        endpoint = None  # an invalid id gets its 404 from the handler, and no bucket
+    limiter = app[state.LIMITER]
+    refusal = await limiter.admit(route, endpoint, digest, asyncio.get_running_loop().time())
+    if refusal is None:
+        return None
+    if refusal.kind == "key":
+        return key_rate_limited(route, refusal.subject, refusal.wait_s)
+    return rate_limited(route, refusal.subject, refusal.wait_s)
+
+
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse (429) a request whose endpoint or key has no room left for this route."""
-    route = request.match_info.route.name or ""
-    endpoint: str | None = request.match_info.get("endpoint_id", "")
-    if not keys.valid_id(endpoint):  # an invalid id gets its 404 from the handler, and no bucket
-        endpoint = None
-    digest = request.get(state.KEY_DIGEST)  # set by the auth middleware
-    limiter = request.app[state.LIMITER]
-    refusal = await limiter.admit(route, endpoint, digest, asyncio.get_running_loop().time())
-    if refusal is not None:
-        if refusal.kind == "key":
-            return key_rate_limited(route, refusal.subject, refusal.wait_s)
-        return rate_limited(route, refusal.subject, refusal.wait_s)
-    return await handler(request)
+    refusal = await rate_refusal(request.app, request.match_info.route.name or "",
+                                 request.match_info.get("endpoint_id", ""),
+                                 request.get(state.KEY_DIGEST))  # set by the auth middleware
+    return refusal if refusal is not None else await handler(request)
 
 
 async def read_body(request: web.Request, cap: int) -> bytes:

@@ -18,7 +18,9 @@ from serverless.errors import BadRequest, NotFound
 from serverless.gateway import sse, state, webhooks
 from serverless.gateway.limits import decode_body, read_body
 from serverless.gateway.replies import JobRef, Liveness, PurgeReply, StreamItem, StreamReply, encode
-from serverless.model import MAX_DURATION_MS, TERMINAL_STATUSES, JobRecord, Policy, RunRequest
+from serverless.model import (
+    MAX_DURATION_MS, TERMINAL_STATUSES, JobRecord, Policy, RunRequest, StatusBody,
+)
 from serverless.store import JobStore, now_ms
 
 # /runsync ?wait= in ms (RunPod: default 90 s, 1 s to 5 min)
@@ -38,7 +40,11 @@ def _store(request: web.Request) -> JobStore:
 
 def endpoint_of(request: web.Request) -> str:
     """The endpoint id in the path; 404 when it cannot be an id."""
-    endpoint = request.match_info["endpoint_id"]
+    return checked_endpoint(request.match_info["endpoint_id"])
+
+
+def checked_endpoint(endpoint: str) -> str:
+    """`endpoint` when it can be an endpoint id; else 404."""
     if not keys.valid_id(endpoint):
         raise NotFound(
             f"endpoint {endpoint!r} not found: ids are 1-128 letters, digits, '_', '.', ':' or '-'"
@@ -47,10 +53,14 @@ def endpoint_of(request: web.Request) -> str:
 
 
 async def known_endpoint_of(request: web.Request) -> str:
-    """The endpoint id in the path, if the endpoint exists: registered, served by a live worker,
-    or holding jobs (known_endpoints); else 404 naming it and how to create it."""
-    endpoint = endpoint_of(request)
-    await request.app[state.KNOWN].require(endpoint, now_ms())
+    """The endpoint id in the path, if the endpoint exists (known_endpoint)."""
+    return await known_endpoint(request.app, request.match_info["endpoint_id"])
+
+
+async def known_endpoint(app: web.Application, endpoint: str) -> str:
+    """`endpoint`, if it exists: registered, served by a live worker, or holding jobs
+    (known_endpoints); else 404 naming it and how to create it."""
+    await app[state.KNOWN].require(checked_endpoint(endpoint), now_ms())
     return endpoint
 
 
@@ -101,16 +111,11 @@ def decode_run_request(body: bytes, allow_private_webhooks: bool = True) -> RunR
     return request
 
 
-def _decode(request: web.Request, body: bytes) -> RunRequest:
-    return decode_run_request(body, request.app[state.WEBHOOK_POLICY].allow_private)
-
-
 async def run(request: web.Request) -> web.Response:
     """POST /run: queue a job; answers `{"id", "status": "IN_QUEUE"}` at once."""
     endpoint = await known_endpoint_of(request)
     body = await read_body(request, request.app[state.LIMITS].run_max_bytes)
-    record = await _store(request).submit(endpoint, _decode(request, body))
-    return _reply(JobRef(record.id, record.status.value))
+    return _reply(await queue_job(request.app, endpoint, body))
 
 
 async def runsync(request: web.Request) -> web.Response:
@@ -118,11 +123,28 @@ async def runsync(request: web.Request) -> web.Response:
     endpoint = await known_endpoint_of(request)
     wait_ms = parse_wait(request.query.get("wait"))
     body = await read_body(request, request.app[state.LIMITS].runsync_max_bytes)
-    store = _store(request)
-    record = await store.submit_and_wait(endpoint, _decode(request, body), wait_ms / 1000)
+    return _reply(await queue_and_wait(request.app, endpoint, wait_ms, body))
+
+
+# The bodies of /run and /runsync once the endpoint is known and the body read: shared by the
+# handlers above and the hot path (hot_path.py), which serves the same routes off the socket.
+
+async def queue_job(app: web.Application, endpoint: str, body: bytes) -> JobRef:
+    """/run: decode `body` and queue the job."""
+    request = decode_run_request(body, app[state.WEBHOOK_POLICY].allow_private)
+    record = await app[state.STORE].submit(endpoint, request)
+    return JobRef(record.id, record.status.value)
+
+
+async def queue_and_wait(app: web.Application, endpoint: str, wait_ms: int,
+                         body: bytes) -> StatusBody | JobRef:
+    """/runsync: decode `body`, queue the job, and answer its result if it ends within
+    `wait_ms`, else its id and status."""
+    request = decode_run_request(body, app[state.WEBHOOK_POLICY].allow_private)
+    record = await app[state.STORE].submit_and_wait(endpoint, request, wait_ms / 1000)
     if record.status in TERMINAL_STATUSES:
-        return _reply(lifecycle.status_body(record, now_ms()))
-    return _reply(JobRef(record.id, record.status.value))
+        return lifecycle.status_body(record, now_ms())
+    return JobRef(record.id, record.status.value)
 
 
 async def status(request: web.Request) -> web.Response:

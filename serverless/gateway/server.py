@@ -16,6 +16,7 @@ from aiohttp import web
 
 from serverless import eventloop
 from serverless.gateway.app import GatewayOptions, create_app
+from serverless.gateway.hot_path import HotSite
 from serverless.queue import connect
 from serverless.settings import Settings
 from serverless.store import JobStore
@@ -61,7 +62,7 @@ async def start_gateway(
     runner = web.AppRunner(create_app(store, settings, options), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await HotSite(runner, host, port, backlog=1024).start()
     except OSError:
         await runner.cleanup()
         await store.close()

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from serverless import periodic
 from serverless.gateway import GatewayOptions, create_app, start_gateway
+from serverless.gateway.hot_path import HotSite
 from serverless.gateway.webhooks import WebhookPolicy
 from serverless.model import Status, TakenJob, WorkerBeat, WorkerState
 from serverless.settings import Settings
@@ -71,7 +72,7 @@ async def make_gateway(store: JobStore, settings: Settings) -> AsyncIterator[Gat
         options = GatewayOptions(**{**fields, **overrides})
         runner = web.AppRunner(create_app(store, settings, options))
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=2048).start()
+        await HotSite(runner, "127.0.0.1", 0, backlog=2048).start()  # as start_gateway does
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         return Gateway(f"http://{host}:{port}", session)

@@ -1,0 +1,395 @@
+"""The hot path: POST /v2/{endpoint_id}/run and /runsync answered straight off the socket.
+
+Every request of those two routes used to go through aiohttp's whole server: its request
+handler, a web.Request, the router, five middlewares, a web.Response and its writer. On the
+bench machine that machinery alone took 86-99 µs of CPU per request, against 15-20 µs for a
+bare protocol that parses the same request and writes the same answer (the gateway spent about
+190 µs per /runsync; see docs/benchmarks.md, "The hot path"). These two routes are what every
+client calls for every job, so they are served here, by a small protocol; everything else still
+goes to aiohttp, unchanged.
+
+How a connection is shared: each accepted connection starts with a `HotConnection`. When a
+request head arrives it is checked against a strict subset of HTTP/1.1 (`parse_head`): POST to
+one of the two routes, HTTP/1.1, a Content-Length body within the route's limit, no
+Transfer-Encoding, Expect or Upgrade, an endpoint id and a query without escapes, plain header
+lines. Such a request is served here. Anything else (another route, HTTP/1.0, a chunked body,
+a malformed head, a body over the limit, whose 413 aiohttp words) hands the connection to
+aiohttp for good, with every byte it has not consumed, from the start of that request: aiohttp
+parses it as if it had owned the connection from the start (`transport.set_protocol`). So no
+request is parsed twice, anything odd meets aiohttp's own parser, and a client that mixes /run
+with /status on one keep-alive connection gets both answered in order (requests are served one
+at a time per connection, as HTTP/1.1 wants; pipelined ones wait in the buffer).
+
+Same answers: the checks are the middlewares' own functions, called in the middlewares' order
+(timing, errors, key, rate limits): auth.check_key, limits.rate_refusal,
+error_responses.answer_for, ProcessMetrics.request_done; and the route bodies are
+routes.queue_job and routes.queue_and_wait, which the aiohttp handlers call too. Answers carry
+the headers aiohttp writes (Content-Type, Content-Length, Date, Server, and Connection: close
+when the connection closes after it). The gateway test suite runs through this path
+(tests/gateway/conftest.py starts its gateways with `HotSite`), and tests/gateway/test_hot_path.py
+covers what only this module does: the hand-over, pipelining, split reads, keep-alive.
+
+Why not a faster general server (granian, socketify): they would replace aiohttp for every
+route (SSE, the console, GraphQL, the worker long-polls) to speed up two; and uvicorn with
+httptools, measured on the same bench, was no cheaper than aiohttp for a request through
+Starlette's routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from email.utils import formatdate
+from typing import Any, NamedTuple
+
+import msgspec
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from serverless.gateway import routes, state
+from serverless.gateway.auth import check_key
+from serverless.gateway.error_responses import answer_for
+from serverless.gateway.limits import rate_refusal
+from serverless.gateway.metrics import METRICS
+from serverless.gateway.replies import encode
+
+log = logging.getLogger("podq.gateway")
+
+MAX_HEAD = 16 * 1024  # a head not ended by then goes to aiohttp (its limits answer it)
+KEEPALIVE_S = 75.0  # aiohttp's keep-alive timeout: an idle connection is closed after it
+SWEEP_S = 15.0  # how often idle connections are looked for
+
+_ROUTES = {b"run": "run", b"runsync": "runsync"}
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# a control byte in a header line (a line's own CR LF are split off before): refused here
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_PLAIN_QUERY = re.compile(rb"[A-Za-z0-9._~=&-]*\Z")
+_DIGITS = re.compile(rb"[0-9]{1,15}\Z")
+
+
+class HotRequest(NamedTuple):
+    """A request head this module serves (parse_head); the body follows it."""
+
+    route: str  # "run" | "runsync"
+    endpoint: str
+    path: str
+    query: dict[str, str]  # the first value of each name, as aiohttp's request.query.get
+    authorization: str | None
+    head_size: int  # bytes up to and including the blank line
+    body_size: int
+    close: bool  # Connection: close
+
+
+NEED_MORE = "need more"  # the head is not complete yet
+HAND_OVER = "hand over"  # not ours: aiohttp takes the connection from this request on
+
+
+def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | str:
+    """The request head at the start of `buffer`, if this module serves it.
+
+    Args:
+        buffer: the connection's unread bytes, starting at a request's first byte.
+        caps: the body limit of each route, in bytes (routes over it go to aiohttp).
+
+    Returns:
+        A HotRequest, NEED_MORE (the head is not complete), or HAND_OVER.
+    """
+    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        return NEED_MORE if len(buffer) < MAX_HEAD else HAND_OVER
+    lines = bytes(buffer[:end]).split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[0] != b"POST" or request_line[2] != b"HTTP/1.1":
+        return HAND_OVER
+    target = request_line[1]
+    raw_path, _, raw_query = target.partition(b"?")
+    parts = raw_path.split(b"/")
+    if len(parts) != 4 or parts[0] or parts[1] != b"v2" or parts[3] not in _ROUTES:
+        return HAND_OVER
+    route = _ROUTES[parts[3]]
+    if b"%" in parts[2] or not _PLAIN_QUERY.match(raw_query):
+        return HAND_OVER  # escapes: aiohttp decodes them
+    headers = _headers(lines)
+    if headers is None:
+        return HAND_OVER
+    length = headers.get(b"content-length")
+    if (length is None or not _DIGITS.match(length) or int(length) > caps[route]
+            or b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers):
+        return HAND_OVER
+    connection = headers.get(b"connection", b"").lower()
+    authorization = headers.get(b"authorization")
+    return HotRequest(
+        route=route,
+        endpoint=parts[2].decode(),
+        path=raw_path.decode(),
+        query=_query(raw_query),
+        authorization=None if authorization is None else authorization.decode("utf-8", "surrogateescape"),
+        head_size=end + 4,
+        body_size=int(length),
+        close=b"close" in [token.strip() for token in connection.split(b",")],
+    )
+
+
+def _headers(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """Header names (lower case) to their first value, or None for a head aiohttp should
+    judge: a line that is not `token: value` (obs-fold included), a control byte, or a
+    Content-Length sent twice."""
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name) or _CONTROL.search(value):
+            return None
+        name = name.lower()
+        if name in headers:
+            if name == b"content-length":
+                return None
+            continue
+        headers[name] = value.strip(b" \t")
+    return headers
+
+
+def _query(raw: bytes) -> dict[str, str]:
+    query: dict[str, str] = {}
+    if raw:
+        for pair in raw.decode().split("&"):
+            if pair:
+                name, _, value = pair.partition("=")
+                query.setdefault(name, value)
+    return query
+
+
+# ---- answers -------------------------------------------------------------------------------
+
+_date = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    return _date[1]
+
+
+_SERVER = SERVER_SOFTWARE.encode()
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\nServer: %s\r\n%s\r\n"
+_CLOSE = b"Connection: close\r\n"
+
+
+def ok_bytes(body: bytes, close: bool) -> bytes:
+    """A 200 JSON answer, as aiohttp writes one."""
+    return _OK_HEAD % (len(body), _http_date(), _SERVER, _CLOSE if close else b"") + body
+
+
+def response_bytes(response: web.Response, close: bool) -> bytes:
+    """`response` (an error or refusal, built by the shared functions) as bytes on the wire."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    head = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason.encode())]
+    head += [f"{name}: {value}\r\n".encode() for name, value in response.headers.items()]
+    head.append(b"Content-Length: %d\r\nDate: %s\r\nServer: %s\r\n" % (len(body), _http_date(), _SERVER))
+    if close:
+        head.append(_CLOSE)
+    return b"".join(head) + b"\r\n" + body
+
+
+class HotRoutes:
+    """What the hot path needs of the gateway application, looked up once."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        limits = app[state.LIMITS]
+        self.caps = {"run": limits.run_max_bytes, "runsync": limits.runsync_max_bytes}
+        self.metrics = app.get(METRICS)
+
+    async def answer(self, request: HotRequest, body: bytes) -> bytes:
+        """The whole answer to `request`, as the middlewares and the route would give it."""
+        started = time.perf_counter()
+        try:
+            reply: Any = await self._checked(request, body)
+        except Exception as e:  # noqa: BLE001 - answer_for sorts them, as the error middleware
+            reply = answer_for(e, "POST", request.path)
+            if reply is None:
+                raise
+        if isinstance(reply, web.Response):
+            status, data = reply.status, response_bytes(reply, request.close)
+        else:
+            status, data = 200, ok_bytes(encode(reply), request.close)
+        if self.metrics is not None:
+            self.metrics.request_done(request.route, "POST", status, time.perf_counter() - started)
+        return data
+
+    async def _checked(self, request: HotRequest, body: bytes) -> msgspec.Struct | web.Response:
+        app, route, endpoint = self.app, request.route, request.endpoint
+        verdict = await check_key(app, route, endpoint, request.authorization, None,
+                                  f"POST {request.path}")
+        if verdict.refusal is not None:
+            return verdict.refusal
+        if (refusal := await rate_refusal(app, route, endpoint, verdict.digest)) is not None:
+            return refusal
+        endpoint = await routes.known_endpoint(app, endpoint)
+        if route == "run":
+            return await routes.queue_job(app, endpoint, body)
+        wait_ms = routes.parse_wait(request.query.get("wait"))
+        return await routes.queue_and_wait(app, endpoint, wait_ms, body)
+
+
+# ---- connections ---------------------------------------------------------------------------
+
+
+class HotConnection(asyncio.Protocol):
+    """One client connection while the hot path holds it (module docstring)."""
+
+    def __init__(self, site: HotSite) -> None:
+        self._site = site
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._head: HotRequest | None = None  # parsed, its body still arriving
+        self._serving: asyncio.Task[None] | None = None
+        self._paused = False
+        self.idle_since = 0.0  # loop time the last answer went out (or the connection came)
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.idle_since = self._site.loop.time()
+        self._site.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # a request being served goes on (its job is queued either way); its answer is dropped
+        self._transport = None
+        self._site.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._serving is None:
+            self._next()
+        elif len(self._buffer) > MAX_HEAD and not self._paused and self._transport is not None:
+            self._paused = True  # pipelined requests wait; the buffer stays bounded
+            self._transport.pause_reading()
+
+    # ---- requests ------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A request is being served (an unfinished head or body is not)."""
+        return self._serving is not None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _next(self) -> None:
+        """Serve the request at the start of the buffer once it is whole, or hand over."""
+        if self._transport is None:
+            return
+        head = self._head
+        if head is None:
+            parsed = parse_head(self._buffer, self._site.routes.caps)
+            if parsed is NEED_MORE:
+                return
+            if parsed is HAND_OVER:
+                self._hand_over()
+                return
+            head = self._head = parsed  # type: ignore[assignment]
+        end = head.head_size + head.body_size
+        if len(self._buffer) < end:
+            return
+        body = bytes(self._buffer[head.head_size:end])
+        del self._buffer[:end]
+        self._head = None
+        self._serving = self._site.loop.create_task(self._serve(head, body))
+
+    async def _serve(self, request: HotRequest, body: bytes) -> None:
+        try:
+            data = await self._site.routes.answer(request, body)
+        except Exception:  # noqa: BLE001 - answer() lets only a dropped connection through
+            data = None
+        finally:
+            self._serving = None
+        transport = self._transport
+        if transport is None:
+            return
+        if data is None:
+            transport.close()
+            return
+        transport.write(data)
+        self.idle_since = self._site.loop.time()
+        if request.close or self._site.closing:
+            transport.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self._buffer:
+            self._next()
+
+    def _hand_over(self) -> None:
+        """aiohttp takes the connection, starting with the bytes not consumed here."""
+        transport, self._transport = self._transport, None
+        self._site.connections.discard(self)
+        assert transport is not None
+        handler = self._site.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+            self._buffer.clear()
+
+
+class HotSite(web.BaseSite):
+    """aiohttp's TCPSite with the hot path in front: the gateway's listening socket."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, backlog: int = 1024) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port = host, port
+        self.connections: set[HotConnection] = set()
+        self.closing = False
+        self.loop = asyncio.get_event_loop()
+        self.routes: HotRoutes
+        self.fallback: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self.loop = asyncio.get_running_loop()
+        runner = self._runner
+        assert isinstance(runner, web.AppRunner) and runner.server is not None
+        self.routes = HotRoutes(runner.app)
+        self.fallback = runner.server  # calling it makes aiohttp's protocol for a connection
+        self._server = await self.loop.create_server(
+            lambda: HotConnection(self), self._host, self._port, backlog=self._backlog,
+            reuse_address=True)
+        self._sweeper = self.loop.create_task(self._sweep(), name="podq-hot-path-sweep")
+
+    async def stop(self) -> None:
+        """Stop listening, close idle connections, let requests being served answer (within
+        the runner's shutdown timeout, as aiohttp does), then close the rest."""
+        self.closing = True
+        await super().stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            if not connection.busy:
+                connection.close()
+        deadline = self.loop.time() + self._runner._shutdown_timeout
+        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.close()
+
+    async def _sweep(self) -> None:
+        """Close connections idle for KEEPALIVE_S, as aiohttp closes its own."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            cutoff = self.loop.time() - KEEPALIVE_S
+            for connection in list(self.connections):
+                if not connection.busy and connection.idle_since < cutoff:
+                    connection.close()
