@@ -1,38 +1,43 @@
-"""The hot path: POST /v2/{endpoint_id}/run and /runsync answered straight off the socket.
+"""The hot path: /v2/{endpoint_id}/run, /runsync and /status/{job_id} answered straight off
+the socket.
 
-Every request of those two routes used to go through aiohttp's whole server: its request
-handler, a web.Request, the router, five middlewares, a web.Response and its writer. On the
-bench machine that machinery alone took 86-99 µs of CPU per request, against 15-20 µs for a
-bare protocol that parses the same request and writes the same answer (the gateway spent about
-190 µs per /runsync; see docs/benchmarks.md, "The hot path"). These two routes are what every
-client calls for every job, so they are served here, by a small protocol; everything else still
-goes to aiohttp, unchanged.
+Every request used to go through aiohttp's whole server: its request handler, a web.Request,
+the router, five middlewares, a web.Response and its writer. On the bench machine that
+machinery alone took 86-99 µs of CPU per request, against 15-20 µs for a bare protocol that
+parses the same request and writes the same answer, while the gateway spent about 190 µs per
+/runsync in all (docs/benchmarks.md, "The hot path"). Submitting, waiting and polling are what
+every client does for every job, so those three routes are served here, by a small protocol;
+everything else still goes to aiohttp, unchanged.
 
 How a connection is shared: each accepted connection starts with a `HotConnection`. When a
-request head arrives it is checked against a strict subset of HTTP/1.1 (`parse_head`): POST to
-one of the two routes, HTTP/1.1, a Content-Length body within the route's limit, no
-Transfer-Encoding, Expect or Upgrade, an endpoint id and a query without escapes, plain header
-lines. Such a request is served here. Anything else (another route, HTTP/1.0, a chunked body,
-a malformed head, a body over the limit, whose 413 aiohttp words) hands the connection to
-aiohttp for good, with every byte it has not consumed, from the start of that request: aiohttp
-parses it as if it had owned the connection from the start (`transport.set_protocol`). So no
-request is parsed twice, anything odd meets aiohttp's own parser, and a client that mixes /run
-with /status on one keep-alive connection gets both answered in order (requests are served one
-at a time per connection, as HTTP/1.1 wants; pipelined ones wait in the buffer).
+request head arrives it is checked against a strict subset of HTTP/1.1 (`parse_head`): POST
+/run or /runsync, GET or POST /status, HTTP/1.1, a Content-Length body within the route's
+limit (or no body, for /status), no Transfer-Encoding, Expect or Upgrade, a path and a query
+without escapes, plain header lines. Such a request is served here. Anything else (another
+route, HTTP/1.0, a chunked body, a malformed head, a body over the limit, whose 413 aiohttp
+words) hands the connection to aiohttp, with every byte not consumed here, from the first byte
+of that request: aiohttp parses it as if it had owned the connection from the start
+(`transport.set_protocol`). No request is parsed twice and anything odd meets aiohttp's own
+parser. The connection stays with aiohttp from then on (taking it back would mean reaching into
+aiohttp's request handler), so a client that sends /health on a keep-alive connection has that
+connection's later /run calls served by aiohttp: answered the same, at aiohttp's cost.
+Requests are served one at a time per connection, as HTTP/1.1 wants; pipelined ones wait in
+the buffer (reading pauses once it holds more than a head's worth).
 
 Same answers: the checks are the middlewares' own functions, called in the middlewares' order
 (timing, errors, key, rate limits): auth.check_key, limits.rate_refusal,
 error_responses.answer_for, ProcessMetrics.request_done; and the route bodies are
-routes.queue_job and routes.queue_and_wait, which the aiohttp handlers call too. Answers carry
-the headers aiohttp writes (Content-Type, Content-Length, Date, Server, and Connection: close
-when the connection closes after it). The gateway test suite runs through this path
-(tests/gateway/conftest.py starts its gateways with `HotSite`), and tests/gateway/test_hot_path.py
-covers what only this module does: the hand-over, pipelining, split reads, keep-alive.
+routes.queue_job, routes.queue_and_wait and routes.job_status, which the aiohttp handlers call
+too. Answers carry the headers aiohttp writes (Content-Type, Content-Length, Date, Server, and
+Connection: close when the connection closes after it). The gateway test suite runs through
+this path (tests/gateway/conftest.py starts its gateways with `HotSite`, as start_gateway
+does), and tests/gateway/test_hot_path.py covers what only this module does: which heads it
+takes, split reads, pipelining, the hand-over, Connection: close, keep-alive expiry, shutdown,
+and the same refusals answered here and by aiohttp byte for byte.
 
-Why not a faster general server (granian, socketify): they would replace aiohttp for every
-route (SSE, the console, GraphQL, the worker long-polls) to speed up two; and uvicorn with
-httptools, measured on the same bench, was no cheaper than aiohttp for a request through
-Starlette's routing.
+Why not a faster general server (granian, socketify): it would replace aiohttp for every route
+(SSE, the console, GraphQL, the worker long-polls, websockets of its own kind) to speed up
+three, and podq's handlers and tests are written against aiohttp.
 """
 
 from __future__ import annotations
@@ -57,11 +62,15 @@ from serverless.gateway.replies import encode
 
 log = logging.getLogger("podq.gateway")
 
+# a /status body is read by nobody; a bigger one goes to aiohttp, which skips it as it arrives
+# (here the whole body is buffered before the request is served)
+STATUS_BODY_CAP = 64 * 1024
 MAX_HEAD = 16 * 1024  # a head not ended by then goes to aiohttp (its limits answer it)
 KEEPALIVE_S = 75.0  # aiohttp's keep-alive timeout: an idle connection is closed after it
 SWEEP_S = 15.0  # how often idle connections are looked for
 
-_ROUTES = {b"run": "run", b"runsync": "runsync"}
+_ROUTES = {b"run": "run", b"runsync": "runsync"}  # POST /v2/{endpoint_id}/<name>
+_STATUS = b"status"  # GET or POST /v2/{endpoint_id}/status/{job_id}
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # a control byte in a header line (a line's own CR LF are split off before): refused here
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -72,8 +81,10 @@ _DIGITS = re.compile(rb"[0-9]{1,15}\Z")
 class HotRequest(NamedTuple):
     """A request head this module serves (parse_head); the body follows it."""
 
-    route: str  # "run" | "runsync"
+    route: str  # "run" | "runsync" | "status"
+    method: str
     endpoint: str
+    job_id: str  # status: the job in the path; "" for the others
     path: str
     query: dict[str, str]  # the first value of each name, as aiohttp's request.query.get
     authorization: str | None
@@ -101,28 +112,39 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
         return NEED_MORE if len(buffer) < MAX_HEAD else HAND_OVER
     lines = bytes(buffer[:end]).split(b"\r\n")
     request_line = lines[0].split(b" ")
-    if len(request_line) != 3 or request_line[0] != b"POST" or request_line[2] != b"HTTP/1.1":
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
         return HAND_OVER
-    target = request_line[1]
+    method, target, _ = request_line
     raw_path, _, raw_query = target.partition(b"?")
     parts = raw_path.split(b"/")
-    if len(parts) != 4 or parts[0] or parts[1] != b"v2" or parts[3] not in _ROUTES:
-        return HAND_OVER
-    route = _ROUTES[parts[3]]
-    if b"%" in parts[2] or not _PLAIN_QUERY.match(raw_query):
+    if len(parts) < 4 or parts[0] or parts[1] != b"v2" or b"%" in raw_path:
         return HAND_OVER  # escapes: aiohttp decodes them
+    if len(parts) == 4 and method == b"POST" and parts[3] in _ROUTES:
+        route, job_id = _ROUTES[parts[3]], b""
+    elif len(parts) == 5 and parts[3] == _STATUS and parts[4] and method in (b"GET", b"POST"):
+        route, job_id = "status", parts[4]
+    else:
+        return HAND_OVER
+    if not _PLAIN_QUERY.match(raw_query):
+        return HAND_OVER
     headers = _headers(lines)
-    if headers is None:
+    if headers is None or b"transfer-encoding" in headers or b"expect" in headers \
+            or b"upgrade" in headers:
         return HAND_OVER
     length = headers.get(b"content-length")
-    if (length is None or not _DIGITS.match(length) or int(length) > caps[route]
-            or b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers):
+    if length is None:
+        if route != "status":  # a body the routes read has a length here
+            return HAND_OVER
+        length = b"0"
+    if not _DIGITS.match(length) or int(length) > caps[route]:
         return HAND_OVER
     connection = headers.get(b"connection", b"").lower()
     authorization = headers.get(b"authorization")
     return HotRequest(
         route=route,
+        method=method.decode(),
         endpoint=parts[2].decode(),
+        job_id=job_id.decode(),
         path=raw_path.decode(),
         query=_query(raw_query),
         authorization=None if authorization is None else authorization.decode("utf-8", "surrogateescape"),
@@ -201,7 +223,8 @@ class HotRoutes:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         limits = app[state.LIMITS]
-        self.caps = {"run": limits.run_max_bytes, "runsync": limits.runsync_max_bytes}
+        self.caps = {"run": limits.run_max_bytes, "runsync": limits.runsync_max_bytes,
+                     "status": STATUS_BODY_CAP}
         self.metrics = app.get(METRICS)
 
     async def answer(self, request: HotRequest, body: bytes) -> bytes:
@@ -210,7 +233,7 @@ class HotRoutes:
         try:
             reply: Any = await self._checked(request, body)
         except Exception as e:  # noqa: BLE001 - answer_for sorts them, as the error middleware
-            reply = answer_for(e, "POST", request.path)
+            reply = answer_for(e, request.method, request.path)
             if reply is None:
                 raise
         if isinstance(reply, web.Response):
@@ -218,17 +241,20 @@ class HotRoutes:
         else:
             status, data = 200, ok_bytes(encode(reply), request.close)
         if self.metrics is not None:
-            self.metrics.request_done(request.route, "POST", status, time.perf_counter() - started)
+            self.metrics.request_done(request.route, request.method, status,
+                                      time.perf_counter() - started)
         return data
 
     async def _checked(self, request: HotRequest, body: bytes) -> msgspec.Struct | web.Response:
         app, route, endpoint = self.app, request.route, request.endpoint
         verdict = await check_key(app, route, endpoint, request.authorization, None,
-                                  f"POST {request.path}")
+                                  f"{request.method} {request.path}")
         if verdict.refusal is not None:
             return verdict.refusal
         if (refusal := await rate_refusal(app, route, endpoint, verdict.digest)) is not None:
             return refusal
+        if route == "status":
+            return await routes.job_status(app, endpoint, request.job_id)
         endpoint = await routes.known_endpoint(app, endpoint)
         if route == "run":
             return await routes.queue_job(app, endpoint, body)

@@ -66,9 +66,13 @@ async def known_endpoint(app: web.Application, endpoint: str) -> str:
 
 async def find_job(request: web.Request) -> JobRecord:
     """The job named in the path, if it belongs to the endpoint in the path; else 404."""
-    endpoint = endpoint_of(request)
-    job_id = request.match_info["job_id"]
-    record = await _store(request).get(job_id)
+    return await job_of(request.app, request.match_info["endpoint_id"], request.match_info["job_id"])
+
+
+async def job_of(app: web.Application, endpoint: str, job_id: str) -> JobRecord:
+    """Job `job_id`, if it belongs to `endpoint`; else 404."""
+    endpoint = checked_endpoint(endpoint)
+    record = await app[state.STORE].get(job_id)
     if record is None or record.endpoint != endpoint:
         raise NotFound(
             f"job {job_id!r} not found on endpoint '{endpoint}' "
@@ -149,8 +153,13 @@ async def queue_and_wait(app: web.Application, endpoint: str, wait_ms: int,
 
 async def status(request: web.Request) -> web.Response:
     """GET|POST /status/{id}: the job's status body (output while running is its progress)."""
-    record = await find_job(request)
-    return _reply(lifecycle.status_body(record, now_ms()))
+    return _reply(await job_status(request.app, request.match_info["endpoint_id"],
+                                   request.match_info["job_id"]))
+
+
+async def job_status(app: web.Application, endpoint: str, job_id: str) -> StatusBody:
+    """/status: the status body of job `job_id` of `endpoint` (hot_path.py serves it too)."""
+    return lifecycle.status_body(await job_of(app, endpoint, job_id), now_ms())
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

@@ -20,7 +20,7 @@ from serverless.settings import Settings
 from serverless.store import JobStore
 from tests.gateway.conftest import ADMIN_KEY, Gateway, GatewayFactory, StartWorkers
 
-CAPS = {"run": 1000, "runsync": 2000}
+CAPS = {"run": 1000, "runsync": 2000, "status": hot_path.STATUS_BODY_CAP}
 AUTH = f"Authorization: Bearer {ADMIN_KEY}"
 
 
@@ -40,9 +40,20 @@ def test_a_run_request_is_parsed() -> None:
     raw = head("POST /v2/ep-1/run HTTP/1.1", "Host: x", "content-length: 13",
                "Authorization: Bearer k", "Authorization: Bearer other")
     parsed = parse_head(raw + b"{}", CAPS)
-    assert parsed == HotRequest(route="run", endpoint="ep-1", path="/v2/ep-1/run", query={},
+    assert parsed == HotRequest(route="run", method="POST", endpoint="ep-1", job_id="",
+                                path="/v2/ep-1/run", query={},
                                 authorization="Bearer k", head_size=len(raw), body_size=13,
                                 close=False)
+
+
+@pytest.mark.parametrize(("method", "length"), [("GET", None), ("POST", "0"), ("POST", "5")])
+def test_a_status_request_is_parsed(method: str, length: str | None) -> None:
+    lines = [f"{method} /v2/e/status/sync-1 HTTP/1.1", "Host: x"]
+    raw = head(*lines, *([f"Content-Length: {length}"] if length else []))
+    parsed = parse_head(raw, {**CAPS, "status": 64})
+    assert isinstance(parsed, HotRequest)
+    assert (parsed.route, parsed.method, parsed.endpoint, parsed.job_id, parsed.body_size) == \
+        ("status", method, "e", "sync-1", int(length or 0))
 
 
 def test_a_runsync_query_keeps_each_names_first_value_and_connection_close_is_read() -> None:
@@ -65,7 +76,14 @@ def test_an_unfinished_head_waits_for_more(raw: bytes) -> None:
 
 @pytest.mark.parametrize("raw", [
     head("GET /v2/e/run HTTP/1.1", "Content-Length: 0"),  # another method: aiohttp's 405
-    head("POST /v2/e/status/j HTTP/1.1", "Content-Length: 0"),  # another route
+    head("POST /v2/e/stream/j HTTP/1.1", "Content-Length: 0"),  # another route
+    head("GET /v2/e/health HTTP/1.1"),
+    head("GET /v2/e/status/ HTTP/1.1"),
+    head("GET /v2/e/status/j/x HTTP/1.1"),
+    head("DELETE /v2/e/status/j HTTP/1.1"),
+    head("GET /v2/e/status/j%2D HTTP/1.1"),
+    head("GET /v2/e/status/j HTTP/1.1", "Content-Length: 65537"),  # a big body nobody reads
+    head("GET /v2/e/status/j HTTP/1.1", "Transfer-Encoding: chunked"),
     head("POST /v2/e/run/ HTTP/1.1", "Content-Length: 0"),
     head("POST /v1/e/run HTTP/1.1", "Content-Length: 0"),
     head("POST v2/e/run HTTP/1.1", "Content-Length: 0"),
@@ -181,7 +199,7 @@ async def test_another_route_hands_the_connection_to_aiohttp_with_its_bytes(
 
 
 @pytest.mark.parametrize("case", ["missing key", "bad body", "unknown endpoint", "bad wait",
-                                  "wrong key"])
+                                  "wrong key", "unknown job"])
 async def test_hot_and_aiohttp_answers_are_the_same(
     gateway: Gateway, registered: str, case: str,
 ) -> None:
@@ -193,6 +211,7 @@ async def test_hot_and_aiohttp_answers_are_the_same(
         "unknown endpoint": ("/v2/nobody/runsync", b'{"input": 1}', [], True),
         "bad wait": (f"/v2/{registered}/runsync?wait=soon", b'{"input": 1}', [], True),
         "wrong key": (f"/v2/{registered}/run", b'{"input": 1}', ["Authorization: Bearer nope"], False),
+        "unknown job": (f"/v2/{registered}/status/nojob", b"{}", [], True),
     }[case]
     hot = await Conn.open(gateway)
     await hot.send(post(path, body, *extra, auth=auth))
@@ -209,6 +228,24 @@ async def test_hot_and_aiohttp_answers_are_the_same(
     assert sorted(ours[1]) == sorted(theirs[1])
     assert {k: v for k, v in ours[1].items() if k != "date"} == \
         {k: v for k, v in theirs[1].items() if k != "date"}
+
+
+async def test_status_polls_are_answered_on_the_same_connection(
+    conn: Conn, registered: str, workers: StartWorkers,
+) -> None:
+    await conn.send(post(f"/v2/{registered}/run", b'{"input": {"sleep_s": 0.2}}'))
+    job_id = job((await conn.answer())[2])["id"]
+    await workers(registered)
+    for _ in range(100):
+        await conn.send(head(f"GET /v2/{registered}/status/{job_id} HTTP/1.1", "Host: x", AUTH))
+        status, _, body = await conn.answer()
+        assert status == 200
+        if job(body)["status"] == "COMPLETED":
+            break
+        await asyncio.sleep(0.05)
+    assert job(body)["output"] == {"echo": {"sleep_s": 0.2}}
+    await conn.send(post(f"/v2/nobody/status/{job_id}", b""))  # POST, on another endpoint
+    assert (await conn.answer())[0] == 404
 
 
 async def test_connection_close_is_honoured(conn: Conn, registered: str) -> None:
