@@ -66,6 +66,7 @@ log = logging.getLogger("podq.gateway")
 # (here the whole body is buffered before the request is served)
 STATUS_BODY_CAP = 64 * 1024
 MAX_HEAD = 16 * 1024  # a head not ended by then goes to aiohttp (its limits answer it)
+MAX_LINE = 4096  # a longer line goes to aiohttp, whose limit (8190 bytes) and 400 then apply
 KEEPALIVE_S = 75.0  # aiohttp's keep-alive timeout: an idle connection is closed after it
 SWEEP_S = 15.0  # how often idle connections are looked for
 
@@ -112,7 +113,7 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
         return NEED_MORE if len(buffer) < MAX_HEAD else HAND_OVER
     lines = bytes(buffer[:end]).split(b"\r\n")
     request_line = lines[0].split(b" ")
-    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1" or len(lines[0]) > MAX_LINE:
         return HAND_OVER
     method, target, _ = request_line
     raw_path, _, raw_query = target.partition(b"?")
@@ -156,12 +157,12 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
 
 def _headers(lines: list[bytes]) -> dict[bytes, bytes] | None:
     """Header names (lower case) to their first value, or None for a head aiohttp should
-    judge: a line that is not `token: value` (obs-fold included), a control byte, or a
-    Content-Length sent twice."""
+    judge: a line that is not `token: value` (obs-fold included), a control byte, a line
+    over MAX_LINE, or a Content-Length sent twice."""
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name) or _CONTROL.search(value):
+        if not colon or not _TOKEN.match(name) or _CONTROL.search(value) or len(line) > MAX_LINE:
             return None
         name = name.lower()
         if name in headers:

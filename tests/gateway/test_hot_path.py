@@ -107,6 +107,8 @@ def test_an_unfinished_head_waits_for_more(raw: bytes) -> None:
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: a\nb"),
     b"\r\n" + head("POST /v2/e/run HTTP/1.1", "Content-Length: 0"),  # a stray empty line first
     b"POST /v2/e/run HTTP/1.1\r\nX: " + b"a" * hot_path.MAX_HEAD,  # a head too long to be ours
+    head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: " + "a" * hot_path.MAX_LINE),
+    head("POST /v2/e/runsync?wait=" + "1" * hot_path.MAX_LINE + " HTTP/1.1", "Content-Length: 0"),
 ])
 def test_anything_else_goes_to_aiohttp(raw: bytes) -> None:
     assert parse_head(raw, CAPS) is HAND_OVER
