@@ -72,9 +72,14 @@ SWEEP_S = 15.0  # how often idle connections are looked for
 
 _ROUTES = {b"run": "run", b"runsync": "runsync"}  # POST /v2/{endpoint_id}/<name>
 _STATUS = b"status"  # GET or POST /v2/{endpoint_id}/status/{job_id}
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-# a control byte in a header line (a line's own CR LF are split off before): refused here
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# header lines as this module takes them, every one checked by one match: `token:value CR LF`,
+# no control byte in the value but tab, no line over MAX_LINE
+_HEADER_BLOCK = re.compile(
+    rb"(?:[!#$%%&'*+.^_`|~0-9A-Za-z-]{1,256}:[^\x00-\x08\x0a-\x1f\x7f]{0,%d}\r\n)*\Z" % MAX_LINE)
+# the headers the hot path reads; optional whitespace around the value is not part of it
+_WANTED = re.compile(rb"^(content-length|authorization|connection|transfer-encoding|expect|upgrade)"
+                     rb":[ \t]*(.*?)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
+_PLAIN_PATH = re.compile(rb"[A-Za-z0-9._:~/-]*\Z")  # what ids are made of (keys.valid_id)
 _PLAIN_QUERY = re.compile(rb"[A-Za-z0-9._~=&-]*\Z")
 _DIGITS = re.compile(rb"[0-9]{1,15}\Z")
 
@@ -111,24 +116,23 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
     end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
         return NEED_MORE if len(buffer) < MAX_HEAD else HAND_OVER
-    lines = bytes(buffer[:end]).split(b"\r\n")
-    request_line = lines[0].split(b" ")
-    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1" or len(lines[0]) > MAX_LINE:
+    line_end = buffer.find(b"\r\n")
+    request_line = bytes(buffer[:line_end]).split(b" ")
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1" or line_end > MAX_LINE:
         return HAND_OVER
     method, target, _ = request_line
     raw_path, _, raw_query = target.partition(b"?")
+    if not _PLAIN_PATH.match(raw_path) or not _PLAIN_QUERY.match(raw_query):
+        return HAND_OVER  # escapes (aiohttp decodes them), or bytes no id has
     parts = raw_path.split(b"/")
-    if len(parts) < 4 or parts[0] or parts[1] != b"v2" or b"%" in raw_path:
-        return HAND_OVER  # escapes: aiohttp decodes them
-    if len(parts) == 4 and method == b"POST" and parts[3] in _ROUTES:
+    if len(parts) == 4 and parts[1] == b"v2" and method == b"POST" and parts[3] in _ROUTES:
         route, job_id = _ROUTES[parts[3]], b""
-    elif len(parts) == 5 and parts[3] == _STATUS and parts[4] and method in (b"GET", b"POST"):
+    elif (len(parts) == 5 and parts[1] == b"v2" and parts[3] == _STATUS and parts[4]
+          and method in (b"GET", b"POST")):
         route, job_id = "status", parts[4]
     else:
         return HAND_OVER
-    if not _PLAIN_QUERY.match(raw_query):
-        return HAND_OVER
-    headers = _headers(lines)
+    headers = _headers(bytes(buffer[line_end + 2:end + 2]))
     if headers is None or b"transfer-encoding" in headers or b"expect" in headers \
             or b"upgrade" in headers:
         return HAND_OVER
@@ -139,7 +143,7 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
         length = b"0"
     if not _DIGITS.match(length) or int(length) > caps[route]:
         return HAND_OVER
-    connection = headers.get(b"connection", b"").lower()
+    connection = headers.get(b"connection")
     authorization = headers.get(b"authorization")
     return HotRequest(
         route=route,
@@ -151,25 +155,26 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
         authorization=None if authorization is None else authorization.decode("utf-8", "surrogateescape"),
         head_size=end + 4,
         body_size=int(length),
-        close=b"close" in [token.strip() for token in connection.split(b",")],
+        close=connection is not None and b"close" in [
+            token.strip() for token in connection.lower().split(b",")],
     )
 
 
-def _headers(lines: list[bytes]) -> dict[bytes, bytes] | None:
-    """Header names (lower case) to their first value, or None for a head aiohttp should
-    judge: a line that is not `token: value` (obs-fold included), a control byte, a line
-    over MAX_LINE, or a Content-Length sent twice."""
+def _headers(block: bytes) -> dict[bytes, bytes] | None:
+    """The headers the hot path reads (_WANTED; names in lower case) with their first value,
+    from the head's header lines (each ending in CR LF); None for a head aiohttp should judge:
+    a line that is not `token: value` (obs-fold included), a control byte, a line over
+    MAX_LINE, or a Content-Length sent twice."""
+    if not _HEADER_BLOCK.match(block):
+        return None
     headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name) or _CONTROL.search(value) or len(line) > MAX_LINE:
-            return None
+    for name, value in _WANTED.findall(block):
         name = name.lower()
         if name in headers:
             if name == b"content-length":
                 return None
             continue
-        headers[name] = value.strip(b" \t")
+        headers[name] = value
     return headers
 
 

@@ -105,6 +105,10 @@ def test_an_unfinished_head_waits_for_more(raw: bytes) -> None:
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "NoColon"),
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: a\x00b"),
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: a\nb"),
+    head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: a\rb"),
+    head("POST /v2/e/run HTTP/1.1", "Content-Length : 0"),  # whitespace before the colon
+    head("POST /v2/e\x01/run HTTP/1.1", "Content-Length: 0"),
+    head("POST /v2/\u00e9/run HTTP/1.1", "Content-Length: 0"),
     b"\r\n" + head("POST /v2/e/run HTTP/1.1", "Content-Length: 0"),  # a stray empty line first
     b"POST /v2/e/run HTTP/1.1\r\nX: " + b"a" * hot_path.MAX_HEAD,  # a head too long to be ours
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: " + "a" * hot_path.MAX_LINE),
