@@ -188,6 +188,26 @@ def _query(raw: bytes) -> dict[str, str]:
     return query
 
 
+_CONNECTION_LINE = re.compile(rb"^connection:[^\r]*\r\n", re.IGNORECASE | re.MULTILINE)
+
+
+def closing_after(buffer: bytes) -> bytes | None:
+    """`buffer` (a request, then whatever follows it) with the request's Connection header
+    made `close`, so aiohttp answers it and closes the connection; None when the head is not
+    one to rewrite (not complete, not HTTP/1.1, header lines this module would not take, or an
+    Upgrade, which needs its own Connection header)."""
+    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+    line_end = buffer.find(b"\r\n")
+    if end < 0 or not buffer[:line_end].endswith(b" HTTP/1.1"):
+        return None
+    block = buffer[line_end + 2:end + 2]
+    headers = _headers(block)
+    if headers is None or b"upgrade" in headers:
+        return None
+    block = _CONNECTION_LINE.sub(b"", block)
+    return buffer[:line_end + 2] + block + b"Connection: close\r\n\r\n" + buffer[end + 4:]
+
+
 # ---- answers -------------------------------------------------------------------------------
 
 _date = (0, b"")
@@ -281,6 +301,7 @@ class HotConnection(asyncio.Protocol):
         self._head: HotRequest | None = None  # parsed, its body still arriving
         self._serving: asyncio.Task[None] | None = None
         self._paused = False
+        self._served = 0  # requests answered here
         self.idle_since = 0.0  # loop time the last answer went out (or the connection came)
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
@@ -342,6 +363,7 @@ class HotConnection(asyncio.Protocol):
             data = None
         finally:
             self._serving = None
+            self._served += 1
         transport = self._transport
         if transport is None:
             return
@@ -360,16 +382,27 @@ class HotConnection(asyncio.Protocol):
             self._next()
 
     def _hand_over(self) -> None:
-        """aiohttp takes the connection, starting with the bytes not consumed here."""
+        """aiohttp takes the connection, starting with the bytes not consumed here.
+
+        A connection this module has answered on (a client's pooled connection that carries
+        jobs) is handed over for one request only: its Connection header is made `close`
+        (closing_after), so aiohttp answers it and closes, and the client's next request comes
+        on a fresh connection, which starts here again. Kept with aiohttp, every later /run on
+        it would cost aiohttp's price; a client that scrapes /metrics or checks /health now and
+        then would move its whole pool there. A connection that starts with another route (the
+        console, the admin API, an SSE stream) stays with aiohttp, keep-alive and all."""
         transport, self._transport = self._transport, None
         self._site.connections.discard(self)
         assert transport is not None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._served:
+            data = closing_after(data) or data
         handler = self._site.fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        if self._buffer:
-            handler.data_received(bytes(self._buffer))
-            self._buffer.clear()
+        if data:
+            handler.data_received(data)
 
 
 class HotSite(web.BaseSite):

@@ -187,21 +187,57 @@ async def test_pipelined_requests_are_answered_in_order(
     assert third["status"] == "IN_QUEUE"
 
 
-async def test_another_route_hands_the_connection_to_aiohttp_with_its_bytes(
+async def test_a_connection_that_starts_elsewhere_stays_with_aiohttp_and_keeps_alive(
     conn: Conn, registered: str,
 ) -> None:
-    """/run (here), then /healthz and a chunked /run pipelined behind another /run: aiohttp
-    takes the connection at /healthz and answers everything after it, in order."""
-    await conn.send(post(f"/v2/{registered}/run"))
-    assert (await conn.answer())[0] == 200
+    """/healthz first: aiohttp takes the connection with its bytes and answers everything after
+    it, in order, keep-alive (a chunked /run included)."""
     chunked = head(f"POST /v2/{registered}/run HTTP/1.1", "Host: x", AUTH,
                    "Transfer-Encoding: chunked", body=b"d\r\n{\"input\": {}}\r\n0\r\n\r\n")
-    await conn.send(post(f"/v2/{registered}/run") + head("GET /healthz HTTP/1.1", "Host: x")
-                    + chunked + post(f"/v2/{registered}/run"))
-    answers = [await conn.answer() for _ in range(4)]
-    assert [a[0] for a in answers] == [200, 200, 200, 200]
-    assert job(answers[1][2]) == {"status": "ok"}
-    assert [job(a[2])["status"] for a in (answers[0], answers[2], answers[3])] == ["IN_QUEUE"] * 3
+    await conn.send(head("GET /healthz HTTP/1.1", "Host: x") + post(f"/v2/{registered}/run")
+                    + chunked)
+    answers = [await conn.answer() for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert job(answers[0][2]) == {"status": "ok"}
+    assert [job(a[2])["status"] for a in answers[1:]] == ["IN_QUEUE"] * 2
+    assert all("connection" not in a[1] for a in answers)
+    await conn.send(post(f"/v2/{registered}/run"))  # still open
+    assert (await conn.answer())[0] == 200
+
+
+async def test_a_connection_that_carried_jobs_comes_back_after_one_other_request(
+    gateway: Gateway, conn: Conn, registered: str,
+) -> None:
+    """/run here, then /healthz (pipelined behind another /run): aiohttp answers /healthz with
+    Connection: close and closes, so the client's next connection starts here again."""
+    await conn.send(post(f"/v2/{registered}/run"))
+    assert (await conn.answer())[0] == 200
+    await conn.send(post(f"/v2/{registered}/run")
+                    + head("GET /healthz HTTP/1.1", "Host: x", "Connection: keep-alive"))
+    ran, health = await conn.answer(), await conn.answer()
+    assert ran[0] == 200 and "connection" not in ran[1]
+    assert job(health[2]) == {"status": "ok"} and health[1]["connection"] == "close"
+    assert await conn.closed()
+    again = await Conn.open(gateway)
+    await again.send(post(f"/v2/{registered}/run"))
+    assert (await again.answer())[0] == 200
+    again.close()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (head("GET /healthz HTTP/1.1", "Host: x"),
+     head("GET /healthz HTTP/1.1", "Host: x", "Connection: close")),
+    (head("POST /v2/e/stream/j HTTP/1.1", "connection: keep-alive", "Content-Length: 2",
+          "CONNECTION: x", body=b"{}") + b"GET /next",
+     head("POST /v2/e/stream/j HTTP/1.1", "Content-Length: 2", "Connection: close", body=b"{}")
+     + b"GET /next"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", None),  # the head is not complete
+    (head("GET /healthz HTTP/1.0"), None),
+    (head("GET /ws HTTP/1.1", "Connection: Upgrade", "Upgrade: websocket"), None),
+    (head("GET /healthz HTTP/1.1", " folded"), None),
+])
+def test_closing_after(raw: bytes, expected: bytes | None) -> None:
+    assert hot_path.closing_after(raw) == expected
 
 
 @pytest.mark.parametrize("case", ["missing key", "bad body", "unknown endpoint", "bad wait",
