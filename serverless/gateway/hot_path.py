@@ -15,12 +15,16 @@ request head arrives it is checked against a strict subset of HTTP/1.1 (`parse_h
 limit (or no body, for /status), no Transfer-Encoding, Expect or Upgrade, a path and a query
 without escapes, plain header lines. Such a request is served here. Anything else (another
 route, HTTP/1.0, a chunked body, a malformed head, a body over the limit, whose 413 aiohttp
-words) hands the connection to aiohttp, with every byte not consumed here, from the first byte
-of that request: aiohttp parses it as if it had owned the connection from the start
-(`transport.set_protocol`). No request is parsed twice and anything odd meets aiohttp's own
-parser. The connection stays with aiohttp from then on (taking it back would mean reaching into
-aiohttp's request handler), so a client that sends /health on a keep-alive connection has that
-connection's later /run calls served by aiohttp: answered the same, at aiohttp's cost.
+words) goes to aiohttp with the connection, from the first byte of that request: aiohttp
+parses it as if it had owned the connection from the start (`transport.set_protocol`), so no
+request is parsed twice and anything odd meets aiohttp's own parser. Taking a connection back
+from aiohttp would mean reaching into its request handler, so the request goes with its
+Connection header made `close` (`closing_after`): aiohttp answers it and closes, and the
+client's next request opens a connection that starts here again. Without that, a client whose
+pool serves /run and, now and then, /health or /metrics would see its connections move to
+aiohttp one by one (bench/scenarios/metrics_cost.py, whose client scrapes /metrics on its
+pooled connections now and then, measured the gateway's CPU per /run 25 % higher with metrics
+on while aiohttp kept them). The price is one reconnect per request of another route.
 Requests are served one at a time per connection, as HTTP/1.1 wants; pipelined ones wait in
 the buffer (reading pauses once it holds more than a head's worth).
 
@@ -301,7 +305,6 @@ class HotConnection(asyncio.Protocol):
         self._head: HotRequest | None = None  # parsed, its body still arriving
         self._serving: asyncio.Task[None] | None = None
         self._paused = False
-        self._served = 0  # requests answered here
         self.idle_since = 0.0  # loop time the last answer went out (or the connection came)
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
@@ -363,7 +366,6 @@ class HotConnection(asyncio.Protocol):
             data = None
         finally:
             self._serving = None
-            self._served += 1
         transport = self._transport
         if transport is None:
             return
@@ -382,22 +384,20 @@ class HotConnection(asyncio.Protocol):
             self._next()
 
     def _hand_over(self) -> None:
-        """aiohttp takes the connection, starting with the bytes not consumed here.
-
-        A connection this module has answered on (a client's pooled connection that carries
-        jobs) is handed over for one request only: its Connection header is made `close`
-        (closing_after), so aiohttp answers it and closes, and the client's next request comes
-        on a fresh connection, which starts here again. Kept with aiohttp, every later /run on
-        it would cost aiohttp's price; a client that scrapes /metrics or checks /health now and
-        then would move its whole pool there. A connection that starts with another route (the
-        console, the admin API, an SSE stream) stays with aiohttp, keep-alive and all."""
+        """aiohttp takes the connection for the request at the start of the buffer, and closes
+        it after answering: the request's Connection header is made `close` (closing_after),
+        so the client's next request comes on a fresh connection, which starts here again.
+        Kept with aiohttp, every later /run on that connection would pay aiohttp's price, and a
+        client that scrapes /metrics or checks /health now and then would move its pool there
+        one connection at a time. The price is one reconnect per request of another route. A
+        head that cannot be rewritten (HTTP/1.0, an Upgrade, lines this module would not take)
+        goes as it came, and aiohttp keeps that connection."""
         transport, self._transport = self._transport, None
         self._site.connections.discard(self)
         assert transport is not None
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._served:
-            data = closing_after(data) or data
+        data = closing_after(data) or data
         handler = self._site.fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)

@@ -187,29 +187,12 @@ async def test_pipelined_requests_are_answered_in_order(
     assert third["status"] == "IN_QUEUE"
 
 
-async def test_a_connection_that_starts_elsewhere_stays_with_aiohttp_and_keeps_alive(
-    conn: Conn, registered: str,
-) -> None:
-    """/healthz first: aiohttp takes the connection with its bytes and answers everything after
-    it, in order, keep-alive (a chunked /run included)."""
-    chunked = head(f"POST /v2/{registered}/run HTTP/1.1", "Host: x", AUTH,
-                   "Transfer-Encoding: chunked", body=b"d\r\n{\"input\": {}}\r\n0\r\n\r\n")
-    await conn.send(head("GET /healthz HTTP/1.1", "Host: x") + post(f"/v2/{registered}/run")
-                    + chunked)
-    answers = [await conn.answer() for _ in range(3)]
-    assert [a[0] for a in answers] == [200, 200, 200]
-    assert job(answers[0][2]) == {"status": "ok"}
-    assert [job(a[2])["status"] for a in answers[1:]] == ["IN_QUEUE"] * 2
-    assert all("connection" not in a[1] for a in answers)
-    await conn.send(post(f"/v2/{registered}/run"))  # still open
-    assert (await conn.answer())[0] == 200
-
-
-async def test_a_connection_that_carried_jobs_comes_back_after_one_other_request(
+async def test_another_route_is_aiohttps_answer_then_the_connection_closes(
     gateway: Gateway, conn: Conn, registered: str,
 ) -> None:
-    """/run here, then /healthz (pipelined behind another /run): aiohttp answers /healthz with
-    Connection: close and closes, so the client's next connection starts here again."""
+    """/run here, then /healthz pipelined behind another /run: aiohttp takes the connection with
+    the bytes not consumed here, answers /healthz with Connection: close and closes, so the
+    client's next connection starts here again."""
     await conn.send(post(f"/v2/{registered}/run"))
     assert (await conn.answer())[0] == 200
     await conn.send(post(f"/v2/{registered}/run")
@@ -222,6 +205,24 @@ async def test_a_connection_that_carried_jobs_comes_back_after_one_other_request
     await again.send(post(f"/v2/{registered}/run"))
     assert (await again.answer())[0] == 200
     again.close()
+
+
+async def test_a_chunked_run_is_aiohttps_and_queues_the_job(conn: Conn, registered: str) -> None:
+    chunked = head(f"POST /v2/{registered}/run HTTP/1.1", "Host: x", AUTH,
+                   "Transfer-Encoding: chunked", body=b"d\r\n{\"input\": {}}\r\n0\r\n\r\n")
+    await conn.send(chunked)
+    status, headers, body = await conn.answer()
+    assert status == 200 and job(body)["status"] == "IN_QUEUE" and headers["connection"] == "close"
+
+
+async def test_a_head_that_cannot_be_rewritten_stays_with_aiohttp(conn: Conn, registered: str) -> None:
+    """HTTP/1.0 with keep-alive: aiohttp answers as it would have, keep-alive included."""
+    await conn.send(head(f"POST /v2/{registered}/run HTTP/1.0", "Connection: keep-alive",
+                         "Content-Length: 13", AUTH, body=b'{"input": {}}'))
+    status, _, body = await conn.answer()
+    assert status == 200 and job(body)["status"] == "IN_QUEUE"
+    await conn.send(head("GET /healthz HTTP/1.0", "Connection: keep-alive"))
+    assert job((await conn.answer())[2]) == {"status": "ok"}
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -267,6 +268,7 @@ async def test_hot_and_aiohttp_answers_are_the_same(
     theirs_conn.close()
     assert ours[0] == theirs[0] >= 400
     assert ours[2] == theirs[2]
+    assert theirs[1].pop("connection") == "close"  # a request aiohttp answers closes after it
     assert sorted(ours[1]) == sorted(theirs[1])
     assert {k: v for k, v in ours[1].items() if k != "date"} == \
         {k: v for k, v in theirs[1].items() if k != "date"}
