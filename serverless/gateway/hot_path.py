@@ -47,7 +47,6 @@ three, and podq's handlers and tests are written against aiohttp.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from email.utils import formatdate
@@ -63,8 +62,6 @@ from serverless.gateway.error_responses import answer_for
 from serverless.gateway.limits import rate_refusal
 from serverless.gateway.metrics import METRICS
 from serverless.gateway.replies import encode
-
-log = logging.getLogger("podq.gateway")
 
 # a /status body is read by nobody; a bigger one goes to aiohttp, which skips it as it arrives
 # (here the whole body is buffered before the request is served)
@@ -413,7 +410,7 @@ class HotSite(web.BaseSite):
         self._host, self._port = host, port
         self.connections: set[HotConnection] = set()
         self.closing = False
-        self.loop = asyncio.get_event_loop()
+        self.loop: asyncio.AbstractEventLoop  # these three are set by start()
         self.routes: HotRoutes
         self.fallback: Any = None
         self._sweeper: asyncio.Task[None] | None = None
