@@ -116,7 +116,11 @@ def parse_head(buffer: bytes | bytearray, caps: dict[str, int]) -> HotRequest | 
     """
     end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
-        return NEED_MORE if len(buffer) < MAX_HEAD else HAND_OVER
+        # a line ended by a bare LF: aiohttp's to judge now (waiting for CR LF CR LF would
+        # hold a client that ends its lines so)
+        if len(buffer) >= MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
+            return HAND_OVER
+        return NEED_MORE
     line_end = buffer.find(b"\r\n")
     request_line = bytes(buffer[:line_end]).split(b" ")
     if len(request_line) != 3 or request_line[2] != b"HTTP/1.1" or line_end > MAX_LINE:

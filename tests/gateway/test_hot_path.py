@@ -110,6 +110,9 @@ def test_an_unfinished_head_waits_for_more(raw: bytes) -> None:
     head("POST /v2/e\x01/run HTTP/1.1", "Content-Length: 0"),
     head("POST /v2/\u00e9/run HTTP/1.1", "Content-Length: 0"),
     b"\r\n" + head("POST /v2/e/run HTTP/1.1", "Content-Length: 0"),  # a stray empty line first
+    b"POST /v2/e/run HTTP/1.1\nContent-Length: 0\n\n",  # bare LF line ends: not a wait for CR LF
+    b"POST /v2/e/run HTTP/1.1\nHost: x",
+    b"POST /v2/e/run HTTP/1.1\nContent-Length: 2\n\n{}\r\n\r\n",
     b"POST /v2/e/run HTTP/1.1\r\nX: " + b"a" * hot_path.MAX_HEAD,  # a head too long to be ours
     head("POST /v2/e/run HTTP/1.1", "Content-Length: 0", "X: " + "a" * hot_path.MAX_LINE),
     head("POST /v2/e/runsync?wait=" + "1" * hot_path.MAX_LINE + " HTTP/1.1", "Content-Length: 0"),
@@ -290,6 +293,13 @@ async def test_status_polls_are_answered_on_the_same_connection(
     assert job(body)["output"] == {"echo": {"sleep_s": 0.2}}
     await conn.send(post(f"/v2/nobody/status/{job_id}", b""))  # POST, on another endpoint
     assert (await conn.answer())[0] == 404
+
+
+async def test_bare_lf_line_ends_are_aiohttps_to_judge(conn: Conn, registered: str) -> None:
+    """A head whose lines end in LF alone is not held waiting for CR LF CR LF: aiohttp answers."""
+    await conn.send(f"GET /v2/{registered}/status/nojob HTTP/1.1\n{AUTH}\n\n".encode())
+    status, _, _ = await conn.answer()
+    assert status == 400  # llhttp: "Expected CRLF after version"
 
 
 async def test_connection_close_is_honoured(conn: Conn, registered: str) -> None:
