@@ -50,7 +50,9 @@ import asyncio
 import re
 import time
 from email.utils import formatdate
+from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
 
 import msgspec
 from aiohttp import web
@@ -184,12 +186,10 @@ def _headers(block: bytes) -> dict[bytes, bytes] | None:
 
 
 def _query(raw: bytes) -> dict[str, str]:
+    """The first value of each name (aiohttp's `request.query.get`); `raw` has no escapes."""
     query: dict[str, str] = {}
-    if raw:
-        for pair in raw.decode().split("&"):
-            if pair:
-                name, _, value = pair.partition("=")
-                query.setdefault(name, value)
+    for name, value in parse_qsl(raw.decode(), keep_blank_values=True):
+        query.setdefault(name, value)
     return query
 
 
@@ -260,7 +260,7 @@ class HotRoutes:
 
     async def answer(self, request: HotRequest, body: bytes) -> bytes:
         """The whole answer to `request`, as the middlewares and the route would give it."""
-        started = time.perf_counter()
+        started = time.perf_counter() if self.metrics is not None else 0.0  # as the middleware
         try:
             reply: Any = await self._checked(request, body)
         except Exception as e:  # noqa: BLE001 - answer_for sorts them, as the error middleware
@@ -416,7 +416,7 @@ class HotSite(web.BaseSite):
         self.closing = False
         self.loop: asyncio.AbstractEventLoop  # these three are set by start()
         self.routes: HotRoutes
-        self.fallback: Any = None
+        self.fallback: Callable[[], asyncio.Protocol]  # aiohttp's protocol for a connection
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -429,7 +429,7 @@ class HotSite(web.BaseSite):
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
         self.routes = HotRoutes(runner.app)
-        self.fallback = runner.server  # calling it makes aiohttp's protocol for a connection
+        self.fallback = runner.server
         self._server = await self.loop.create_server(
             lambda: HotConnection(self), self._host, self._port, backlog=self._backlog,
             reuse_address=True)
@@ -442,6 +442,7 @@ class HotSite(web.BaseSite):
         await super().stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for connection in list(self.connections):
             if not connection.busy:
                 connection.close()
