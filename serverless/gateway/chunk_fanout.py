@@ -54,7 +54,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -90,17 +90,30 @@ class Subscription:
     """One open SSE stream's place in the fan-out: its cursor and a bounded buffer of chunks.
 
     The stream sends what `take()` returns and then moves `cursor` to the last chunk it sent.
+    While it waits with nothing buffered it may set `sink`: a function that sends chunks at
+    once without waiting and says whether it did (False: its socket is backed up or closing).
+    Chunks that continue from `cursor` then go straight to it from the reader, and the cursor
+    moves with them: the stream's task is not woken per chunk (at 1,000 streams that wake-up
+    was about a third of the gateway's CPU per chunk).
     """
 
     def __init__(self, job_id: str, cursor: str, limit: int) -> None:
         self.job_id, self.cursor = job_id, cursor
         self.ready = asyncio.Event()  # set when take() has something, or a re-read is due
+        self.sink: Callable[[list[Chunk]], bool] | None = None
         self._batches: deque[tuple[str, list[Chunk]]] = deque()
         self._bytes, self._limit = 0, limit
         self._lagging = False
 
     def offer(self, after: str, chunks: list[Chunk], size: int) -> None:
-        """Buffer `chunks`, the entries that follow `after`; never waits (the reader calls it)."""
+        """Send `chunks`, the entries that follow `after`, through `sink` when they continue
+        the stream and nothing is buffered, else buffer them; never waits (the reader calls
+        it)."""
+        sink = self.sink
+        if (sink is not None and after == self.cursor and not self._batches
+                and not self._lagging and sink(chunks)):
+            self.cursor = chunks[-1].cursor
+            return
         if not self._lagging:
             if self._batches and self._bytes + size > self._limit:
                 self.lag()

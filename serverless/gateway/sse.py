@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from serverless import lifecycle
 from serverless.errors import BadRequest
@@ -98,6 +100,43 @@ async def prepare(request: web.Request, **extra: str) -> web.StreamResponse:
     return response
 
 
+# A chunk is sent without waiting only while its socket's own buffer holds less than this
+# (aiohttp's drain limit): a slow client's chunks wait in its subscription's bounded buffer.
+SEND_NOW_LIMIT = 0x10000
+
+
+def immediate_sender(response: web.StreamResponse) -> Callable[[bytes], bool] | None:
+    """A function that writes body bytes to the prepared `response` at once, framed as its
+    writer frames them (HTTP/1.1 chunked), and says whether it could (False when the socket
+    is closing or backed up: send those bytes with `response.write`, which waits for room).
+
+    aiohttp's `write` is a coroutine: it can only run in the stream's own task, so each chunk
+    would wake that task. The shared reader calls this instead (chunk_fanout.Subscription.sink).
+    It reaches into aiohttp's writer (`_payload_writer`), so it answers None, and every chunk
+    goes through `response.write`, unless the writer is the plain chunked one this framing
+    matches: no compression, no declared length, no per-chunk hooks, headers already sent.
+    """
+    writer = getattr(response, "_payload_writer", None)
+    if not (isinstance(writer, StreamWriter) and writer.chunked and writer.length is None
+            and getattr(writer, "_compress", None) is None
+            and getattr(writer, "_on_chunk_sent", None) is None
+            and getattr(writer, "on_body_write", None) is None
+            and not getattr(writer, "_headers_buf", None)):
+        return None
+
+    def send(data: bytes) -> bool:
+        transport = writer.transport
+        if transport is None or transport.is_closing() or \
+                transport.get_write_buffer_size() >= SEND_NOW_LIMIT:
+            return False
+        frame = b"%x\r\n%s\r\n" % (len(data), data)
+        writer.output_size += len(frame)  # the access log's body size, as aiohttp counts it
+        transport.write(frame)
+        return True
+
+    return send
+
+
 class _Pump:
     """Moves one job's chunks and its final status to one open response."""
 
@@ -106,6 +145,7 @@ class _Pump:
     ) -> None:
         self.response, self.store, self.fanout, self.job_id = response, store, fanout, job_id
         self.quiet_since = asyncio.get_running_loop().time()
+        self._send_now = immediate_sender(response)
 
     async def run(self, cursor: str, block_ms: int) -> None:
         """Send chunks as the shared reader hands them over; the job's status is read at the
@@ -156,7 +196,9 @@ class _Pump:
                 if alarm is None:
                     alarm_at = min(recheck_at, self.quiet_since + KEEPALIVE_S)
                     alarm = loop.call_at(alarm_at, sub.ready.set)
+                sub.sink = self._sink  # while it waits, chunks go out without waking it
                 await sub.ready.wait()
+                sub.sink = None
                 if ended.is_set():
                     return
                 if loop.time() >= alarm_at:
@@ -172,6 +214,13 @@ class _Pump:
         finally:
             if alarm is not None:
                 alarm.cancel()
+
+    def _sink(self, chunks: list[Chunk]) -> bool:
+        """Send `chunks` at once if the socket has room (the reader calls it; see Subscription)."""
+        if self._send_now is None or not self._send_now(chunk_events(chunks)):
+            return False
+        self.quiet_since = asyncio.get_running_loop().time()
+        return True
 
     async def _read(self, sub: Subscription) -> list[Chunk]:
         """Chunks after the stream's cursor, from Redis (the buffer lost some, or the job ended)."""

@@ -68,6 +68,54 @@ def test_a_full_buffer_is_dropped_and_the_stream_reads_from_its_cursor() -> None
     assert [c.cursor for c in sub.take() or []] == ["5-0"] and not sub.ready.is_set()
 
 
+class Sink:
+    """A stream's `sink` that accepts while `room` says so and records what it sent."""
+
+    def __init__(self, room: bool = True) -> None:
+        self.room, self.sent = room, []
+
+    def __call__(self, chunks: list[Chunk]) -> bool:
+        if self.room:
+            self.sent += [c.cursor for c in chunks]
+        return self.room
+
+
+@pytest.mark.parametrize(
+    "room,buffered,lagging,after,sent,taken,cursor",
+    [
+        # a waiting stream with nothing buffered: sent at once, the cursor moves, no wake-up
+        (True, [], False, "1-0", ["2-0"], [], "2-0"),
+        # its socket is backed up: buffered, and the stream is woken to send it itself
+        (False, [], False, "1-0", [], ["2-0"], "1-0"),
+        # a batch that does not continue the stream goes the long way: past a gap (read from
+        # Redis), or from a feed that was behind (what the stream has is skipped)
+        (True, [], False, "1-5", [], None, "1-0"),
+        (True, [], False, "0-5", [], ["2-0"], "1-0"),
+        # something is buffered already: the batch queues behind it, order kept
+        (True, [("1-0", "1-5")], False, "1-5", [], ["1-5", "2-0"], "1-0"),
+        # the stream must read from Redis first: nothing is sent past the gap
+        (True, [], True, "1-0", [], None, "1-0"),
+    ],
+)
+def test_a_waiting_stream_gets_chunks_through_its_sink_only_when_they_continue_it(
+    room: bool, buffered: list[tuple[str, str]], lagging: bool, after: str, sent: list[str],
+    taken: list[str] | None, cursor: str,
+) -> None:
+    sub = Subscription("job", "1-0", limit=1 << 20)
+    for before, c in buffered:
+        sub.offer(before, [chunk(c)], 10)
+    if lagging:
+        sub.lag()
+    sub.sink = sink = Sink(room)
+    sub.ready.clear()
+    sub.offer(after, [chunk("2-0")], 10)
+    assert sink.sent == sent
+    assert sub.cursor == cursor
+    assert sub.ready.is_set() == (not sent)
+    got = sub.take()
+    assert (None if got is None else [c.cursor for c in got]) == taken
+
+
 # ---- the reader, against redis-server --------------------------------------------------------
 
 Fanout = Callable[..., ChunkFanout]
