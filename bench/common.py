@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serverless.redis_server import RedisProcess  # noqa: E402
+from serverless.errors import ConfigError  # noqa: E402
+from serverless.redis_server import RedisProcess, find_server  # noqa: E402
 
 
 def start_redis() -> RedisProcess:
@@ -46,6 +47,44 @@ def machine() -> str:
     load = os.getloadavg()
     return (f"{os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
             f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and family (reports from different days may come from different
+    hosts: a peer's figure moves with the host, so the ratio of two runs is not comparable)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    except OSError:  # not Linux
+        return "unknown CPU"
+    return f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, " \
+           f"model {fields.get('model', '?')})"
+
+
+# the packages whose versions set the peers' figures (and podq's own HTTP and Redis layers)
+VERSIONED = ("runpod", "fastapi", "uvicorn", "pydantic", "saq", "dramatiq", "celery", "arq",
+             "aiohttp", "uvloop", "redis", "hiredis")
+
+
+def versions() -> str:
+    """`name version` of each installed package in VERSIONED, and the redis-server's version."""
+    from importlib import metadata
+
+    out = []
+    for name in VERSIONED:
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        server = find_server()
+        out.append(f"{Path(server.path).name} {'.'.join(map(str, server.version))}")
+    except ConfigError:  # no server found: the report says so by leaving it out
+        pass
+    return ", ".join(out)
 
 
 def table(rows: Sequence[tuple[str, float, float, bool]], peer: str) -> str:

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, cpu_model, machine, versions
 from bench.report import Section, draw, report_markdown, section_markdown
 
 SCENARIOS = ("latency", "throughput", "runsync_load", "streaming", "scale", "coldstart", "footprint",
@@ -72,7 +72,8 @@ def main() -> None:
         sections.append(section)
         print(section_markdown(section), flush=True)
     drawn = [draw(c, out) for s in sections for c in s.charts]
-    text = report_markdown(sections, f"{at_start}; at the end: {machine()}", command.strip())
+    text = report_markdown(sections, f"{at_start}; at the end: {machine()}", command.strip(),
+                           cpu_model(), versions())
     if any(d is None for d in drawn):
         text += "\n_Charts were not drawn: matplotlib is missing (`pip install -e '.[bench]'`)._\n"
     (out / "REPORT.md").write_text(text)
