@@ -46,7 +46,7 @@ from serverless import keys
 from serverless.batches import plan, results
 from serverless.batches.inputs import Item, items
 from serverless.batches.model import ACTIVE_STATES, RETRIED_STATUSES, BatchState
-from serverless.batches.store import BatchStore, LeaseLost, Row
+from serverless.batches.store import BatchStore, LeaseLost
 from serverless.errors import Conflict
 from serverless.model import TERMINAL_STATUSES, Policy, RunRequest
 from serverless.notify import listen_forever

@@ -49,7 +49,7 @@ from serverless import keys
 from serverless.errors import BadRequest, ConfigError, PayloadTooLarge
 from serverless.gateway import state
 from serverless.gateway.error_responses import error_response
-from serverless.rates import ROUTES, RUNPOD_RATES, Rate, parse_rates
+from serverless.rates import ROUTES, Rate, parse_rates
 from serverless.registry import Registry
 from serverless.settings import Settings
 

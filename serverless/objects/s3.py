@@ -35,7 +35,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from serverless.errors import BadRequest, ConfigError, NotFound, PayloadTooLarge, PodqError, StorageUnavailable
+from serverless.errors import BadRequest, ConfigError, NotFound, PayloadTooLarge, StorageUnavailable
 from serverless.objects.base import CHUNK_BYTES, check_key
 
 MIN_PART_BYTES = 5 << 20  # S3's smallest part, except the last
