@@ -17,7 +17,9 @@ This view keeps its own cursor: it does not move the /stream polling cursor.
 
 The chunks of every open stream of the process are read by one shared reader (chunk_fanout.py:
 a few blocking XREADs over all the streams' keys, not one per stream); each stream keeps its
-own cursor and reads from Redis by it when its bounded buffer overflowed. The end of a job
+own cursor and reads from Redis by it when its bounded buffer overflowed. While a stream waits
+with nothing buffered, the reader writes its chunks to the socket itself (immediate_sender:
+no task wakes per chunk); a backed-up socket sends them the usual way. The end of a job
 comes from the done channel (store.watching); a quiet stream also re-reads the job's status
 now and then, in case that notification was lost to a reconnect.
 """
