@@ -94,11 +94,11 @@ def section_markdown(section: Section) -> str:
 def report_markdown(sections: Sequence[Section], machine: str, command: str, cpu: str = "",
                     versions: str = "") -> str:
     missed = [(s.title, r.metric) for s in sections for r in s.rows if r.met is False]
+    facts = [f"Command: `{command}`", f"Machine: {machine}",
+             *([f"CPU: {cpu}"] if cpu else []), *([f"Versions: {versions}"] if versions else [])]
     head = [
         "# podq benchmark report", "",
-        f"Command: `{command}`  ", f"Machine: {machine}" + ("  " if cpu or versions else ""),
-        *([f"CPU: {cpu}" + ("  " if versions else "")] if cpu else []),
-        *([f"Versions: {versions}"] if versions else []), "",
+        "  \n".join(facts), "",  # two trailing spaces: a line break in markdown
         "Every figure in a row comes from the same run on the same machine; only ratios within a",
         "run are comparable (this VM's CPU speed drifts run to run).", "",
     ]
